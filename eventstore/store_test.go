@@ -1,0 +1,346 @@
+package eventstore_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	wsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/twofactor/twofactor/domain"
+	"github.com/twofactor/twofactor/eventstore"
+	"github.com/twofactor/twofactor/internal/testdb"
+)
+
+func TestMain(m *testing.M) { os.Exit(testdb.Main(m)) }
+
+var meta = eventstore.Metadata{Actor: domain.Actor{Kind: domain.ActorSystem, ID: "test"}, RequestID: "req-1"}
+
+func newStore(t *testing.T) (*eventstore.Store, *pgxpool.Pool) {
+	pool := testdb.Pool(t)
+	return eventstore.New(pool, time.Now), pool
+}
+
+func count(t *testing.T, pool *pgxpool.Pool, query string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := pool.QueryRow(context.Background(), query, args...).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestAppendLoadChainsHashesAndWritesOutbox(t *testing.T) {
+	ctx := context.Background()
+	store, pool := newStore(t)
+	stream := eventstore.UserStream("tenant-a", "alice")
+	first, err := store.Append(ctx, "tenant-a", stream, 0, []domain.Event{
+		&domain.TwoFactorRequirementChanged{Required: true},
+		&domain.TogglePermissionChanged{CanToggle: false},
+	}, meta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.Version != 2 {
+		t.Fatalf("version = %d, want 2", first.Version)
+	}
+	if _, err := store.Append(ctx, "tenant-a", stream, 2, []domain.Event{&domain.TwoFactorUnlocked{}}, meta); err != nil {
+		t.Fatal(err)
+	}
+	records, err := store.Load(ctx, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(records) != 3 {
+		t.Fatalf("loaded %d records, want 3", len(records))
+	}
+	prev := eventstore.GenesisHash
+	for i, r := range records {
+		if r.Version != int64(i+1) {
+			t.Errorf("record %d has version %d", i, r.Version)
+		}
+		if !bytes.Equal(r.PrevHash, prev) || !bytes.Equal(r.Hash, eventstore.Hash(prev, r)) {
+			t.Errorf("record %d breaks the hash chain", i)
+		}
+		if r.Metadata.Actor.ID != "test" || r.Metadata.TenantID != "tenant-a" || r.Metadata.RequestID != "req-1" {
+			t.Errorf("record %d metadata = %+v", i, r.Metadata)
+		}
+		prev = r.Hash
+	}
+	if got, ok := records[0].Event.(*domain.TwoFactorRequirementChanged); !ok || !got.Required {
+		t.Errorf("first event decoded as %#v", records[0].Event)
+	}
+	for _, r := range records {
+		if n := count(t, pool, `SELECT count(*) FROM watermill_twofactor_events WHERE uuid = $1`, r.EventID); n != 1 {
+			t.Errorf("event %s has %d outbox rows, want 1", r.EventID, n)
+		}
+	}
+}
+
+func TestAppendAtStaleVersionIsAConflictAndWritesNothing(t *testing.T) {
+	ctx := context.Background()
+	store, pool := newStore(t)
+	stream := eventstore.UserStream("tenant-a", "bob")
+	if _, err := store.Append(ctx, "tenant-a", stream, 0, []domain.Event{&domain.TwoFactorUnlocked{}}, meta); err != nil {
+		t.Fatal(err)
+	}
+	before := count(t, pool, `SELECT count(*) FROM watermill_twofactor_events`)
+	for _, expected := range []int64{0, 2} {
+		_, err := store.Append(ctx, "tenant-a", stream, expected, []domain.Event{&domain.TwoFactorUnlocked{}}, meta)
+		var conflict *eventstore.ConcurrencyError
+		if !errors.As(err, &conflict) || !errors.Is(err, eventstore.ErrConcurrency) {
+			t.Fatalf("append at %d: err = %v, want a concurrency error", expected, err)
+		}
+	}
+	if n := count(t, pool, `SELECT count(*) FROM events WHERE stream_id = $1`, stream); n != 1 {
+		t.Errorf("stream has %d events, want 1", n)
+	}
+	if after := count(t, pool, `SELECT count(*) FROM watermill_twofactor_events`); after != before {
+		t.Errorf("outbox grew from %d to %d on a failed append", before, after)
+	}
+}
+
+// The outbox row exists if and only if the event rows committed.
+func TestOutboxAndEventsCommitOrRollBackTogether(t *testing.T) {
+	ctx := context.Background()
+	store, pool := newStore(t)
+	stream := eventstore.UserStream("tenant-r", "rollback")
+
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	appended, err := store.AppendTx(ctx, tx, "tenant-r", stream, 0, []domain.Event{&domain.TwoFactorUnlocked{}}, meta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	id := appended.Records[0].EventID
+	if n := count(t, pool, `SELECT count(*) FROM events WHERE event_id = $1`, id); n != 0 {
+		t.Errorf("rolled-back event is stored")
+	}
+	if n := count(t, pool, `SELECT count(*) FROM watermill_twofactor_events WHERE uuid = $1`, id); n != 0 {
+		t.Errorf("rolled-back event reached the outbox")
+	}
+
+	// A failing outbox write takes the event rows down with it.
+	if _, err := pool.Exec(ctx, `ALTER TABLE watermill_twofactor_events RENAME TO watermill_twofactor_events_away`); err != nil {
+		t.Fatal(err)
+	}
+	_, appendErr := store.Append(ctx, "tenant-r", stream, 0, []domain.Event{&domain.TwoFactorUnlocked{}}, meta)
+	if _, err := pool.Exec(ctx, `ALTER TABLE watermill_twofactor_events_away RENAME TO watermill_twofactor_events`); err != nil {
+		t.Fatal(err)
+	}
+	if appendErr == nil {
+		t.Fatal("append succeeded without an outbox table")
+	}
+	if n := count(t, pool, `SELECT count(*) FROM events WHERE stream_id = $1`, stream); n != 0 {
+		t.Errorf("events committed although the outbox write failed: %d rows", n)
+	}
+
+	committed, err := store.Append(ctx, "tenant-r", stream, 0, []domain.Event{&domain.TwoFactorUnlocked{}}, meta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, pool, `SELECT count(*) FROM watermill_twofactor_events WHERE uuid = $1`, committed.Records[0].EventID); n != 1 {
+		t.Errorf("committed event has %d outbox rows, want 1", n)
+	}
+}
+
+func TestEventsTableRejectsUpdateDeleteAndTruncate(t *testing.T) {
+	ctx := context.Background()
+	store, pool := newStore(t)
+	stream := eventstore.UserStream("tenant-a", "immutable")
+	if _, err := store.Append(ctx, "tenant-a", stream, 0, []domain.Event{&domain.TwoFactorUnlocked{}}, meta); err != nil {
+		t.Fatal(err)
+	}
+	for _, stmt := range []string{
+		`UPDATE events SET event_type = 'Tampered' WHERE stream_id = '` + stream + `'`,
+		`DELETE FROM events WHERE stream_id = '` + stream + `'`,
+		`TRUNCATE events`,
+	} {
+		if _, err := pool.Exec(ctx, stmt); err == nil {
+			t.Errorf("%q succeeded on the append-only log", stmt)
+		}
+	}
+	if n := count(t, pool, `SELECT count(*) FROM events WHERE stream_id = $1 AND event_type = 'TwoFactorUnlocked'`, stream); n != 1 {
+		t.Errorf("event changed: %d intact rows", n)
+	}
+}
+
+// A transaction that commits after a later one is still seen, in order, by a
+// reader that continues from the last record it read, and by a watermill
+// subscriber of the outbox.
+func TestLateCommitIsNotSkipped(t *testing.T) {
+	ctx := context.Background()
+	// A database of its own: nothing else may write to this log or its outbox meanwhile.
+	late := testdb.Fresh(t)
+	pool, err := pgxpool.New(ctx, late)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	store := eventstore.New(pool, time.Now)
+
+	seed, err := store.Append(ctx, "t", "user:t:seed", 0, []domain.Event{&domain.TwoFactorUnlocked{}}, meta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cursor := seed.Position
+
+	slow, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Rollback(ctx)                                                 //nolint:errcheck
+	if _, err := slow.Exec(ctx, `SELECT pg_current_xact_id()`); err != nil { // take a transaction id now
+		t.Fatal(err)
+	}
+	slowAppend, err := store.AppendTx(ctx, slow, "t", "user:t:slow", 0, []domain.Event{&domain.TwoFactorUnlocked{}}, meta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fast, err := store.Append(ctx, "t", "user:t:fast", 0, []domain.Event{&domain.TwoFactorUnlocked{}}, meta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fast.Position < slowAppend.Position {
+		t.Fatalf("positions: slow %d, fast %d", slowAppend.Position, fast.Position)
+	}
+
+	subscriber, err := wsql.NewSubscriber(wsql.BeginnerFromPgx(pool), wsql.SubscriberConfig{
+		ConsumerGroup:  "late_commit_test",
+		SchemaAdapter:  wsql.DefaultPostgreSQLSchema{},
+		OffsetsAdapter: wsql.DefaultPostgreSQLOffsetsAdapter{},
+		PollInterval:   20 * time.Millisecond,
+	}, watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer subscriber.Close()
+	subCtx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	messages, err := subscriber.Subscribe(subCtx, eventstore.Topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	receive := func() string {
+		select {
+		case msg := <-messages:
+			msg.Ack()
+			return msg.UUID
+		case <-time.After(300 * time.Millisecond):
+			return ""
+		}
+	}
+	// The horizon is cluster-wide: other packages' transactions may hold the seed back a while.
+	if id := waitMessage(t, messages); id != seed.Records[0].EventID {
+		t.Fatalf("first message = %q, want the seed", id)
+	}
+	// While the slow transaction is open, neither reader may move past it.
+	if id := receive(); id != "" {
+		t.Fatalf("subscriber delivered %s before the earlier transaction committed", id)
+	}
+	got, err := store.ReadAll(ctx, cursor, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 0 {
+		t.Fatalf("ReadAll returned %d records past an open transaction", len(got))
+	}
+
+	if err := slow.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got = readAtLeast(t, store, cursor, 2)
+	if len(got) != 2 || got[0].StreamID != "user:t:slow" || got[1].StreamID != "user:t:fast" {
+		t.Fatalf("ReadAll after the late commit = %v", streams(got))
+	}
+	var ids []string
+	for i := 0; i < 2; i++ {
+		ids = append(ids, waitMessage(t, messages))
+	}
+	if ids[0] != slowAppend.Records[0].EventID || ids[1] != fast.Records[0].EventID {
+		t.Fatalf("subscriber order = %v, want slow then fast", ids)
+	}
+}
+
+func waitMessage(t *testing.T, messages <-chan *message.Message) string {
+	t.Helper()
+	select {
+	case msg := <-messages:
+		msg.Ack()
+		return msg.UUID
+	case <-time.After(10 * time.Second):
+		t.Fatal("no message within 10s")
+		return ""
+	}
+}
+
+// readAtLeast pages through ReadAll until n records arrived. The snapshot horizon
+// is cluster-wide, so a transaction open in another database (another test
+// package) may hold records back for a moment: poll, bounded.
+func readAtLeast(t *testing.T, store *eventstore.Store, cursor int64, n int) []*eventstore.Record {
+	t.Helper()
+	var seen []*eventstore.Record
+	deadline := time.Now().Add(10 * time.Second)
+	for len(seen) < n {
+		batch, err := store.ReadAll(context.Background(), cursor, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(batch) == 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("read %d records within 10s, want %d", len(seen), n)
+			}
+			time.Sleep(20 * time.Millisecond)
+			continue
+		}
+		seen = append(seen, batch...)
+		cursor = batch[len(batch)-1].Position
+	}
+	return seen
+}
+
+func streams(records []*eventstore.Record) []string {
+	var out []string
+	for _, r := range records {
+		out = append(out, r.StreamID)
+	}
+	return out
+}
+
+func TestReadAllPagesThroughTheWholeLog(t *testing.T) {
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, testdb.Fresh(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	store := eventstore.New(pool, time.Now)
+	for i := 0; i < 25; i++ {
+		if _, err := store.Append(ctx, "t", "user:t:pager", int64(i), []domain.Event{&domain.TwoFactorUnlocked{}}, meta); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := readAtLeast(t, store, 0, 25)
+	if len(seen) != 25 {
+		t.Fatalf("read %d records, want 25", len(seen))
+	}
+	for i, r := range seen {
+		if r.Version != int64(i+1) {
+			t.Fatalf("record %d has version %d", i, r.Version)
+		}
+	}
+	if _, err := store.ReadAll(ctx, 999999, 10); err == nil {
+		t.Error("ReadAll after an unknown position succeeded")
+	}
+}

@@ -1,0 +1,483 @@
+package handlers
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/twofactor/twofactor/audit"
+	"github.com/twofactor/twofactor/commands"
+	"github.com/twofactor/twofactor/domain"
+)
+
+// Admin routes: the actor is the admin named in X-Actor; the domain checks the
+// tenant's rules (self reset, super-admin-only disabling…).
+
+type requirementRequest struct {
+	Required *bool  `json:"required"`
+	Reason   string `json:"reason"`
+}
+
+type requirementResponse struct {
+	written
+	Required bool `json:"required"`
+	Changed  bool `json:"changed"`
+}
+
+func (a *API) setRequirement(c *gin.Context) {
+	tenant, user, actor, err := a.target(c)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	var req requirementRequest
+	if err := bind(c, &req, false); err != nil {
+		a.fail(c, err)
+		return
+	}
+	if req.Required == nil {
+		a.fail(c, domain.Invalid(domain.CodeInvalidArgument, "required must be true or false"))
+		return
+	}
+	if err := checkReason(req.Reason); err != nil {
+		a.fail(c, err)
+		return
+	}
+	meta := a.meta(c, actor, req.Reason)
+	var out commands.Result
+	changed := true
+	if !a.command(c, "RequireTwoFactor", false, func(ctx context.Context) (err error) {
+		out, err = a.cmd.RequireTwoFactor(ctx, meta, commands.RequireTwoFactor{TenantID: tenant, UserID: user, Required: *req.Required})
+		if errors.Is(err, domain.Precondition(domain.CodeNothingToChange, "")) {
+			changed, err = false, nil
+		}
+		return err
+	}) {
+		return
+	}
+	writeJSON(c, http.StatusOK, requirementResponse{written: written{out.Position}, Required: *req.Required, Changed: changed})
+}
+
+type toggleRequest struct {
+	CanToggle *bool  `json:"can_toggle"`
+	Reason    string `json:"reason"`
+}
+
+type toggleResponse struct {
+	written
+	CanToggle bool `json:"can_toggle"`
+	Changed   bool `json:"changed"`
+}
+
+func (a *API) setTogglePermission(c *gin.Context) {
+	tenant, user, actor, err := a.target(c)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	var req toggleRequest
+	if err := bind(c, &req, false); err != nil {
+		a.fail(c, err)
+		return
+	}
+	if req.CanToggle == nil {
+		a.fail(c, domain.Invalid(domain.CodeInvalidArgument, "can_toggle must be true or false"))
+		return
+	}
+	if err := checkReason(req.Reason); err != nil {
+		a.fail(c, err)
+		return
+	}
+	meta := a.meta(c, actor, req.Reason)
+	var out commands.Result
+	changed := true
+	if !a.command(c, "SetTogglePermission", false, func(ctx context.Context) (err error) {
+		out, err = a.cmd.SetTogglePermission(ctx, meta, commands.SetTogglePermission{TenantID: tenant, UserID: user, CanToggle: *req.CanToggle})
+		if errors.Is(err, domain.Precondition(domain.CodeNothingToChange, "")) {
+			changed, err = false, nil
+		}
+		return err
+	}) {
+		return
+	}
+	writeJSON(c, http.StatusOK, toggleResponse{written: written{out.Position}, CanToggle: *req.CanToggle, Changed: changed})
+}
+
+// simpleAdmin runs an admin command whose body is only an optional reason.
+func (a *API) simpleAdmin(c *gin.Context, name string, run func(ctx context.Context, meta commands.Meta, tenant, user string) (commands.Result, error)) {
+	tenant, user, actor, err := a.target(c)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	reason, ok := a.optionalReason(c)
+	if !ok {
+		return
+	}
+	meta := a.meta(c, actor, reason)
+	var out commands.Result
+	if !a.command(c, name, true, func(ctx context.Context) (err error) {
+		out, err = run(ctx, meta, tenant, user)
+		return err
+	}) {
+		return
+	}
+	writeJSON(c, http.StatusOK, written{out.Position})
+}
+
+func (a *API) reset(c *gin.Context) {
+	a.simpleAdmin(c, "ResetTwoFactor", func(ctx context.Context, meta commands.Meta, tenant, user string) (commands.Result, error) {
+		return a.cmd.ResetTwoFactor(ctx, meta, commands.ResetTwoFactor{TenantID: tenant, UserID: user})
+	})
+}
+
+func (a *API) unlock(c *gin.Context) {
+	a.simpleAdmin(c, "UnlockTwoFactor", func(ctx context.Context, meta commands.Meta, tenant, user string) (commands.Result, error) {
+		return a.cmd.UnlockTwoFactor(ctx, meta, commands.UnlockTwoFactor{TenantID: tenant, UserID: user})
+	})
+}
+
+func (a *API) forgetUser(c *gin.Context) {
+	a.simpleAdmin(c, "ForgetUser", func(ctx context.Context, meta commands.Meta, tenant, user string) (commands.Result, error) {
+		return a.cmd.ForgetUser(ctx, meta, commands.ForgetUser{TenantID: tenant, UserID: user})
+	})
+}
+
+func notImplemented(what string) error {
+	return newAPIError(http.StatusNotImplemented, codeNotImplemented, what+" is not available in this build yet")
+}
+
+func (a *API) listUsers(c *gin.Context) {
+	if err := onlyQuery(c, "status", "method", "required", "low_backup_codes", "locked", "limit", "cursor", "min_position"); err != nil {
+		a.fail(c, err)
+		return
+	}
+	if _, err := a.actor(c); err != nil {
+		a.fail(c, err)
+		return
+	}
+	q := UserQuery{Status: domain.Status(c.Query("status")), After: c.Query("cursor"), Limit: 50}
+	switch q.Status {
+	case "", domain.StatusNotActivated, domain.StatusPending, domain.StatusActivated, domain.StatusLocked,
+		domain.StatusDisabled, domain.StatusResetPending, domain.StatusSetupAppAtNextLogin:
+	default:
+		a.fail(c, domain.Invalid(domain.CodeInvalidArgument, "unknown status filter"))
+		return
+	}
+	if m := c.Query("method"); m != "" {
+		method, err := domain.ParseMethod(m)
+		if err != nil {
+			a.fail(c, err)
+			return
+		}
+		q.Method = method
+	}
+	var err error
+	for name, dst := range map[string]**bool{"required": &q.Required, "low_backup_codes": &q.LowBackupCodes, "locked": &q.Locked} {
+		if *dst, err = parseBoolQuery(c, name); err != nil {
+			a.fail(c, err)
+			return
+		}
+	}
+	if raw, ok := c.GetQuery("limit"); ok {
+		n, err := strconv.Atoi(raw)
+		if err != nil || n < 1 || n > 200 {
+			a.fail(c, domain.Invalid(domain.CodeInvalidArgument, "limit must be between 1 and 200"))
+			return
+		}
+		q.Limit = n
+	}
+	if len(q.After) > 500 {
+		a.fail(c, domain.Invalid(domain.CodeInvalidArgument, "cursor is not valid"))
+		return
+	}
+	pos, err := minPosition(c)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	if a.reads == nil {
+		a.fail(c, notImplemented("the user list (read model)"))
+		return
+	}
+	page, err := a.reads.ListUsers(c.Request.Context(), apiKey(c).TenantID, q, pos)
+	if errors.Is(err, ErrReadTimeout) {
+		err = readTimeout()
+	}
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	if page.Users == nil {
+		page.Users = []UserStatus{}
+	}
+	writeJSON(c, http.StatusOK, page)
+}
+
+func (a *API) coverage(c *gin.Context) {
+	if err := onlyQuery(c, "min_position"); err != nil {
+		a.fail(c, err)
+		return
+	}
+	if _, err := a.actor(c); err != nil {
+		a.fail(c, err)
+		return
+	}
+	pos, err := minPosition(c)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	if a.reads == nil {
+		a.fail(c, notImplemented("tenant coverage (read model)"))
+		return
+	}
+	cov, err := a.reads.Coverage(c.Request.Context(), apiKey(c).TenantID, pos)
+	if errors.Is(err, ErrReadTimeout) {
+		err = readTimeout()
+	}
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	if cov.ByStatus == nil {
+		cov.ByStatus = map[domain.Status]int{}
+	}
+	writeJSON(c, http.StatusOK, cov)
+}
+
+// Tenant API keys, managed by the tenant's super admins.
+
+type issueKeyRequest struct {
+	Role string `json:"role"`
+	Name string `json:"name"`
+}
+
+type keyList struct {
+	APIKeys []APIKey `json:"api_keys"`
+}
+
+func (a *API) listKeys(c *gin.Context) {
+	if _, err := a.actor(c); err != nil {
+		a.fail(c, err)
+		return
+	}
+	keys, err := a.keys.List(c.Request.Context(), apiKey(c).TenantID)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	writeJSON(c, http.StatusOK, keyList{APIKeys: keys})
+}
+
+func (a *API) issueKey(c *gin.Context) {
+	actor, err := a.actor(c)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	a.issueKeyFor(c, apiKey(c).TenantID, string(actor.Kind)+":"+actor.ID)
+}
+
+func (a *API) issueKeyFor(c *gin.Context, tenant, by string) {
+	var req issueKeyRequest
+	if err := bind(c, &req, false); err != nil {
+		a.fail(c, err)
+		return
+	}
+	role, err := ParseRole(req.Role)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	k, err := a.keys.Issue(c.Request.Context(), tenant, role, req.Name, by)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	a.log.InfoContext(c.Request.Context(), "api key issued", "tenant_id", tenant, "key_id", k.KeyID, "role", string(role), "by", by, "request_id", requestID(c))
+	writeJSON(c, http.StatusCreated, k)
+}
+
+func (a *API) revokeKey(c *gin.Context) {
+	actor, err := a.actor(c)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	a.revokeKeyFor(c, apiKey(c).TenantID, string(actor.Kind)+":"+actor.ID)
+}
+
+func (a *API) revokeKeyFor(c *gin.Context, tenant, by string) {
+	if err := bind(c, &struct{}{}, true); err != nil {
+		a.fail(c, err)
+		return
+	}
+	k, err := a.keys.Revoke(c.Request.Context(), tenant, c.Param("key_id"))
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	a.log.InfoContext(c.Request.Context(), "api key revoked", "tenant_id", tenant, "key_id", k.KeyID, "by", by, "request_id", requestID(c))
+	writeJSON(c, http.StatusOK, k)
+}
+
+// Auditor routes. Every read is written to the audit access log first: a read
+// that cannot be logged is not served.
+
+func auditFilter(c *gin.Context) (audit.Filter, error) {
+	var f audit.Filter
+	if raw, ok := c.GetQuery("after_position"); ok {
+		n, err := strconv.ParseInt(raw, 10, 64)
+		if err != nil || n < 0 {
+			return f, domain.Invalid(domain.CodeInvalidArgument, "after_position must be a non-negative integer")
+		}
+		f.AfterPosition = n
+	}
+	if raw, ok := c.GetQuery("limit"); ok {
+		n, err := strconv.Atoi(raw)
+		if err != nil || n < 1 || n > 1000 {
+			return f, domain.Invalid(domain.CodeInvalidArgument, "limit must be between 1 and 1000")
+		}
+		f.Limit = n
+	}
+	for _, t := range c.QueryArray("type") {
+		if _, ok := domain.NewEvent(t); !ok {
+			return f, domain.Invalid(domain.CodeInvalidArgument, "unknown event type "+strconv.Quote(t))
+		}
+		f.Types = append(f.Types, t)
+	}
+	if raw := c.Query("actor"); raw != "" {
+		kind, id, _ := strings.Cut(raw, ":")
+		act := domain.Actor{Kind: domain.ActorKind(kind), ID: id}
+		if id == "" {
+			act.ID = "any"
+		}
+		if err := act.Validate(); err != nil {
+			return f, domain.Invalid(domain.CodeInvalidArgument, "actor must be kind or kind:id, e.g. admin:bob")
+		}
+		f.ActorKind, f.ActorID = act.Kind, id
+	}
+	for name, dst := range map[string]*time.Time{"since": &f.From, "until": &f.To} {
+		if raw, ok := c.GetQuery(name); ok {
+			t, err := time.Parse(time.RFC3339, raw)
+			if err != nil {
+				return f, domain.Invalid(domain.CodeInvalidArgument, name+" must be an RFC 3339 time")
+			}
+			*dst = t
+		}
+	}
+	return f, nil
+}
+
+// auditRead checks the route's common parts and logs the access.
+func (a *API) auditRead(c *gin.Context, action, target string, allowed ...string) bool {
+	if err := onlyQuery(c, allowed...); err != nil {
+		a.fail(c, err)
+		return false
+	}
+	actor, err := a.actor(c)
+	if err != nil {
+		a.fail(c, err)
+		return false
+	}
+	if a.audit == nil {
+		a.fail(c, notImplemented("the audit routes"))
+		return false
+	}
+	k := apiKey(c)
+	if err := a.audit.RecordAccess(c.Request.Context(), audit.Access{
+		TenantID: k.TenantID, ActorKind: string(actor.Kind), ActorID: actor.ID, KeyID: k.KeyID,
+		RequestID: requestID(c), Action: action, Target: target,
+	}); err != nil {
+		a.fail(c, err)
+		return false
+	}
+	return true
+}
+
+func (a *API) auditFeed(c *gin.Context) {
+	if !a.auditRead(c, "feed", "", "after_position", "limit", "type", "actor", "since", "until") {
+		return
+	}
+	f, err := auditFilter(c)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	page, err := a.audit.Feed(c.Request.Context(), apiKey(c).TenantID, f)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	writeJSON(c, http.StatusOK, page)
+}
+
+func (a *API) auditHistory(c *gin.Context) {
+	user := c.Param("user_id")
+	if err := domain.ValidateIdentifier("user id", user); err != nil {
+		a.fail(c, err)
+		return
+	}
+	if !a.auditRead(c, "history", user, "after_position", "limit", "type", "actor", "since", "until") {
+		return
+	}
+	f, err := auditFilter(c)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	page, err := a.audit.History(c.Request.Context(), apiKey(c).TenantID, user, f)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	if len(page.Entries) == 0 && f.AfterPosition == 0 {
+		a.fail(c, domain.NotFound(domain.CodeUserNotFound, "user not found"))
+		return
+	}
+	writeJSON(c, http.StatusOK, page)
+}
+
+func (a *API) auditStateAt(c *gin.Context) {
+	user := c.Param("user_id")
+	if err := domain.ValidateIdentifier("user id", user); err != nil {
+		a.fail(c, err)
+		return
+	}
+	at, err := time.Parse(time.RFC3339, c.Query("at"))
+	if err != nil {
+		a.fail(c, domain.Invalid(domain.CodeInvalidArgument, "at must be an RFC 3339 time"))
+		return
+	}
+	if !a.auditRead(c, "state_at", user, "at") {
+		return
+	}
+	snap, err := a.audit.StateAt(c.Request.Context(), apiKey(c).TenantID, user, at)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	if snap.Version == 0 {
+		a.fail(c, domain.NotFound(domain.CodeUserNotFound, "the user had no 2FA history at that time"))
+		return
+	}
+	writeJSON(c, http.StatusOK, StatusFromSnapshot(snap))
+}
+
+func (a *API) auditVerify(c *gin.Context) {
+	if !a.auditRead(c, "verify", "") {
+		return
+	}
+	rep, err := a.audit.Verify(c.Request.Context(), apiKey(c).TenantID)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	writeJSON(c, http.StatusOK, rep)
+}

@@ -1,0 +1,185 @@
+package handlers
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base32"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/twofactor/twofactor/domain"
+)
+
+// Role is what an API key may do in its tenant.
+type Role string
+
+const (
+	// RoleApp is the host product's backend acting for its users: the actor is the user in the path.
+	RoleApp        Role = "app"
+	RoleAdmin      Role = "admin"
+	RoleSuperAdmin Role = "superadmin"
+	// RoleAuditor reads; every mutating route answers 403.
+	RoleAuditor Role = "auditor"
+)
+
+// Roles lists every role, in the order `tenant create --json` prints them.
+var Roles = []Role{RoleApp, RoleAdmin, RoleSuperAdmin, RoleAuditor}
+
+// ParseRole accepts one of Roles.
+func ParseRole(s string) (Role, error) {
+	for _, r := range Roles {
+		if string(r) == s {
+			return r, nil
+		}
+	}
+	return "", domain.Invalid("invalid_role", "role must be app, admin, superadmin or auditor")
+}
+
+// TokenPrefix makes a leaked key recognisable to secret scanners and people.
+const TokenPrefix = "tfk_"
+
+// APIKey is a stored key; the token itself is never stored.
+type APIKey struct {
+	KeyID     string     `json:"key_id"`
+	TenantID  string     `json:"-"`
+	Role      Role       `json:"role"`
+	Name      string     `json:"name"`
+	CreatedBy string     `json:"created_by"`
+	CreatedAt time.Time  `json:"created_at"`
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+}
+
+// IssuedKey is a new key with its token, shown exactly once.
+type IssuedKey struct {
+	APIKey
+	Token string `json:"token"`
+}
+
+// KeyStore issues, authenticates and revokes tenant API keys.
+type KeyStore struct {
+	pool   *pgxpool.Pool
+	random io.Reader
+}
+
+// NewKeyStore returns a store over the api_keys table. random must be a CSPRNG
+// (nil means crypto/rand).
+func NewKeyStore(pool *pgxpool.Pool, random io.Reader) *KeyStore {
+	if random == nil {
+		random = rand.Reader
+	}
+	return &KeyStore{pool: pool, random: random}
+}
+
+var keyIDEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+
+// Issue creates a key for a tenant and returns its token once.
+func (s *KeyStore) Issue(ctx context.Context, tenantID string, role Role, name, createdBy string) (IssuedKey, error) {
+	if _, err := ParseRole(string(role)); err != nil {
+		return IssuedKey{}, err
+	}
+	if err := domain.ValidateIdentifier("tenant id", tenantID); err != nil {
+		return IssuedKey{}, err
+	}
+	if len(name) > 200 {
+		return IssuedKey{}, domain.Invalid(domain.CodeInvalidArgument, "name must be at most 200 bytes")
+	}
+	var idRaw [10]byte
+	var secret [32]byte
+	if _, err := io.ReadFull(s.random, idRaw[:]); err != nil {
+		return IssuedKey{}, fmt.Errorf("api keys: random: %w", err)
+	}
+	if _, err := io.ReadFull(s.random, secret[:]); err != nil {
+		return IssuedKey{}, fmt.Errorf("api keys: random: %w", err)
+	}
+	keyID := keyIDEncoding.EncodeToString(idRaw[:])
+	token := TokenPrefix + keyID + "_" + base64.RawURLEncoding.EncodeToString(secret[:])
+	hash := sha256.Sum256([]byte(token))
+	k := IssuedKey{APIKey: APIKey{KeyID: keyID, TenantID: tenantID, Role: role, Name: name, CreatedBy: createdBy}, Token: token}
+	err := s.pool.QueryRow(ctx, `INSERT INTO api_keys (key_id, tenant_id, role, name, token_hash, created_by)
+		VALUES ($1, $2, $3, $4, $5, $6) RETURNING created_at`,
+		keyID, tenantID, string(role), name, hash[:], createdBy).Scan(&k.CreatedAt)
+	if err != nil {
+		return IssuedKey{}, fmt.Errorf("api keys: insert: %w", err)
+	}
+	return k, nil
+}
+
+// errBadToken is every authentication failure: the caller learns nothing more.
+var errBadToken = errors.New("invalid API key")
+
+// Authenticate returns the live key a token belongs to.
+func (s *KeyStore) Authenticate(ctx context.Context, token string) (APIKey, error) {
+	rest, ok := strings.CutPrefix(token, TokenPrefix)
+	if !ok || len(token) > 200 {
+		return APIKey{}, errBadToken
+	}
+	keyID, _, ok := strings.Cut(rest, "_")
+	if !ok || len(keyID) != 16 {
+		return APIKey{}, errBadToken
+	}
+	var k APIKey
+	var role string
+	var stored []byte
+	err := s.pool.QueryRow(ctx, `SELECT key_id, tenant_id, role, name, created_by, created_at, revoked_at, token_hash
+		FROM api_keys WHERE key_id = $1`, keyID).Scan(&k.KeyID, &k.TenantID, &role, &k.Name, &k.CreatedBy, &k.CreatedAt, &k.RevokedAt, &stored)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return APIKey{}, errBadToken
+	}
+	if err != nil {
+		return APIKey{}, fmt.Errorf("api keys: lookup: %w", err)
+	}
+	hash := sha256.Sum256([]byte(token))
+	if subtle.ConstantTimeCompare(hash[:], stored) != 1 || k.RevokedAt != nil {
+		return APIKey{}, errBadToken
+	}
+	k.Role = Role(role)
+	return k, nil
+}
+
+// List returns a tenant's keys, newest first, revoked ones included.
+func (s *KeyStore) List(ctx context.Context, tenantID string) ([]APIKey, error) {
+	rows, err := s.pool.Query(ctx, `SELECT key_id, tenant_id, role, name, created_by, created_at, revoked_at
+		FROM api_keys WHERE tenant_id = $1 ORDER BY created_at DESC, key_id`, tenantID)
+	if err != nil {
+		return nil, fmt.Errorf("api keys: list: %w", err)
+	}
+	defer rows.Close()
+	out := []APIKey{}
+	for rows.Next() {
+		var k APIKey
+		var role string
+		if err := rows.Scan(&k.KeyID, &k.TenantID, &role, &k.Name, &k.CreatedBy, &k.CreatedAt, &k.RevokedAt); err != nil {
+			return nil, err
+		}
+		k.Role = Role(role)
+		out = append(out, k)
+	}
+	return out, rows.Err()
+}
+
+// Revoke disables a key of a tenant at once. A key of another tenant is not found.
+func (s *KeyStore) Revoke(ctx context.Context, tenantID, keyID string) (APIKey, error) {
+	var k APIKey
+	var role string
+	err := s.pool.QueryRow(ctx, `UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now())
+		WHERE tenant_id = $1 AND key_id = $2
+		RETURNING key_id, tenant_id, role, name, created_by, created_at, revoked_at`, tenantID, keyID).
+		Scan(&k.KeyID, &k.TenantID, &role, &k.Name, &k.CreatedBy, &k.CreatedAt, &k.RevokedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return APIKey{}, domain.NotFound("api_key_not_found", "API key not found")
+	}
+	if err != nil {
+		return APIKey{}, fmt.Errorf("api keys: revoke: %w", err)
+	}
+	k.Role = Role(role)
+	return k, nil
+}

@@ -1,0 +1,111 @@
+package handlers
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/twofactor/twofactor/commands"
+	"github.com/twofactor/twofactor/domain"
+)
+
+// Operator routes, protected by the operator key from the configuration: they
+// create tenants and manage any tenant's API keys.
+
+var operatorActor = domain.Actor{Kind: domain.ActorSystem, ID: "operator"}
+
+type createTenantRequest struct {
+	Name   string       `json:"name"`
+	Policy *PolicyPatch `json:"policy"`
+}
+
+// TenantWithKeys is a new tenant and one API key per role, tokens shown once.
+type TenantWithKeys struct {
+	TenantID string      `json:"tenant_id"`
+	Name     string      `json:"name"`
+	Position int64       `json:"position"`
+	APIKeys  []IssuedKey `json:"api_keys"`
+}
+
+// CreateTenantWithKeys creates a tenant and issues one key per role: what
+// `twofactord tenant create` and the operator route both do.
+func CreateTenantWithKeys(ctx context.Context, svc *commands.Service, keys *KeyStore, meta commands.Meta, name string, policy *domain.Policy) (TenantWithKeys, error) {
+	created, err := svc.CreateTenant(ctx, meta, commands.CreateTenant{Name: name, Policy: policy})
+	if err != nil {
+		return TenantWithKeys{}, err
+	}
+	out := TenantWithKeys{TenantID: created.TenantID, Name: name, Position: created.Position}
+	by := string(meta.Actor.Kind) + ":" + meta.Actor.ID
+	for _, role := range Roles {
+		k, err := keys.Issue(ctx, created.TenantID, role, "initial "+string(role)+" key", by)
+		if err != nil {
+			return TenantWithKeys{}, fmt.Errorf("tenant %s created, but issuing its %s key failed: %w", created.TenantID, role, err)
+		}
+		out.APIKeys = append(out.APIKeys, k)
+	}
+	return out, nil
+}
+
+func (a *API) operatorCreateTenant(c *gin.Context) {
+	var req createTenantRequest
+	if err := bind(c, &req, false); err != nil {
+		a.fail(c, err)
+		return
+	}
+	var policy *domain.Policy
+	if req.Policy != nil {
+		p, err := req.Policy.Apply(domain.DefaultPolicy())
+		if err != nil {
+			a.fail(c, err)
+			return
+		}
+		policy = &p
+	}
+	meta := commands.Meta{Actor: operatorActor, RequestID: requestID(c), Reason: "operator API"}
+	var out TenantWithKeys
+	if !a.command(c, "CreateTenant", false, func(ctx context.Context) (err error) {
+		out, err = CreateTenantWithKeys(ctx, a.cmd, a.keys, meta, req.Name, policy)
+		return err
+	}) {
+		return
+	}
+	a.log.InfoContext(c.Request.Context(), "tenant created", "tenant_id", out.TenantID, "request_id", requestID(c))
+	writeJSON(c, http.StatusCreated, out)
+}
+
+// operatorTenant checks the tenant in the path exists.
+func (a *API) operatorTenant(c *gin.Context) (string, bool) {
+	tenant := c.Param("tenant_id")
+	if _, err := a.cmd.TenantPolicy(c.Request.Context(), tenant); err != nil {
+		a.fail(c, err)
+		return "", false
+	}
+	return tenant, true
+}
+
+func (a *API) operatorListKeys(c *gin.Context) {
+	tenant, ok := a.operatorTenant(c)
+	if !ok {
+		return
+	}
+	keys, err := a.keys.List(c.Request.Context(), tenant)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	writeJSON(c, http.StatusOK, keyList{APIKeys: keys})
+}
+
+func (a *API) operatorIssueKey(c *gin.Context) {
+	if tenant, ok := a.operatorTenant(c); ok {
+		a.issueKeyFor(c, tenant, "system:operator")
+	}
+}
+
+func (a *API) operatorRevokeKey(c *gin.Context) {
+	if tenant, ok := a.operatorTenant(c); ok {
+		a.revokeKeyFor(c, tenant, "system:operator")
+	}
+}

@@ -1,0 +1,549 @@
+package handlers
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/twofactor/twofactor/commands"
+	"github.com/twofactor/twofactor/domain"
+)
+
+// Self-service and login routes: the actor is the user in the path (app keys)
+// or the admin named in X-Actor; the domain decides who may do what.
+
+func (a *API) getUser(c *gin.Context) {
+	if err := onlyQuery(c, "min_position"); err != nil {
+		a.fail(c, err)
+		return
+	}
+	tenant, user, _, err := a.target(c)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	pos, err := minPosition(c)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	status, err := a.userStatus(c.Request.Context(), apiKey(c).Role, tenant, user, pos)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	writeJSON(c, http.StatusOK, status)
+}
+
+// userStatus reads from the read model for admins when there is one (waiting for
+// min_position), and otherwise replays the stream, which is always current.
+func (a *API) userStatus(ctx context.Context, role Role, tenant, user string, pos int64) (UserStatus, error) {
+	if a.reads != nil && role != RoleApp {
+		s, err := a.reads.GetUser(ctx, tenant, user, pos)
+		if errors.Is(err, ErrReadTimeout) {
+			return UserStatus{}, readTimeout()
+		}
+		return s, err
+	}
+	snap, err := a.cmd.Status(ctx, tenant, user)
+	if err != nil {
+		return UserStatus{}, err
+	}
+	if snap.Version == 0 || snap.Status == domain.StatusErased {
+		return UserStatus{}, domain.NotFound(domain.CodeUserNotFound, "user not found")
+	}
+	return StatusFromSnapshot(snap), nil
+}
+
+func readTimeout() error {
+	e := newAPIError(http.StatusServiceUnavailable, codeReadModelTimeout, "the read model has not caught up with min_position yet; retry")
+	e.retryAfter = 1
+	return e
+}
+
+type startEnrollmentRequest struct {
+	// AccountName is shown under the issuer in the authenticator app (TOTP only).
+	AccountName string `json:"account_name"`
+	// Destination is the email address or E.164 phone number (email and SMS only).
+	Destination string `json:"destination"`
+}
+
+type totpEnrollmentResponse struct {
+	written
+	Method     domain.Method `json:"method"`
+	Secret     string        `json:"secret"`
+	OTPAuthURI string        `json:"otpauth_uri"`
+	QRCodePNG  []byte        `json:"qr_code_png"`
+	ExpiresAt  time.Time     `json:"expires_at"`
+}
+
+type codeSentResponse struct {
+	written
+	Method    domain.Method `json:"method"`
+	ExpiresAt time.Time     `json:"expires_at"`
+}
+
+func parseEnrolMethod(s string) (domain.Method, error) {
+	m, err := domain.ParseMethod(s)
+	if err != nil {
+		return "", err
+	}
+	return m, nil
+}
+
+func (a *API) startEnrollment(c *gin.Context) {
+	tenant, user, actor, err := a.target(c)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	method, err := parseEnrolMethod(c.Param("method"))
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	var req startEnrollmentRequest
+	if err := bind(c, &req, method == domain.MethodTOTP); err != nil {
+		a.fail(c, err)
+		return
+	}
+	meta := a.meta(c, actor, "")
+	if method == domain.MethodTOTP {
+		if req.Destination != "" {
+			a.fail(c, domain.Invalid(domain.CodeInvalidArgument, "destination is for email and sms"))
+			return
+		}
+		if len(req.AccountName) > 200 {
+			a.fail(c, domain.Invalid(domain.CodeInvalidArgument, "account_name must be at most 200 bytes"))
+			return
+		}
+		var out commands.TOTPEnrollment
+		if !a.command(c, "StartTOTPEnrollment", false, func(ctx context.Context) (err error) {
+			out, err = a.cmd.StartTOTPEnrollment(ctx, meta, commands.StartTOTPEnrollment{TenantID: tenant, UserID: user, AccountName: req.AccountName})
+			return err
+		}) {
+			return
+		}
+		writeJSON(c, http.StatusCreated, totpEnrollmentResponse{
+			written: written{out.Position}, Method: domain.MethodTOTP, Secret: out.Secret, OTPAuthURI: out.URI,
+			QRCodePNG: out.QRCodePNG, ExpiresAt: out.ExpiresAt.UTC(),
+		})
+		return
+	}
+	if req.AccountName != "" {
+		a.fail(c, domain.Invalid(domain.CodeInvalidArgument, "account_name is for totp"))
+		return
+	}
+	var out commands.CodeSent
+	if !a.command(c, "StartOTPMethodSetup", false, func(ctx context.Context) (err error) {
+		out, err = a.cmd.StartOTPMethodSetup(ctx, meta, commands.StartOTPMethodSetup{TenantID: tenant, UserID: user, Method: method, Destination: req.Destination})
+		return err
+	}) {
+		return
+	}
+	writeJSON(c, http.StatusCreated, codeSentResponse{written: written{out.Position}, Method: out.Method, ExpiresAt: out.ExpiresAt.UTC()})
+}
+
+type codeRequest struct {
+	Code string `json:"code"`
+}
+
+type activationResponse struct {
+	written
+	Method  domain.Method `json:"method"`
+	Enabled bool          `json:"enabled"`
+	// BackupCodes are shown exactly once, when this confirmation issued a set.
+	BackupCodes []string `json:"backup_codes,omitempty"`
+}
+
+func (a *API) confirmEnrollment(c *gin.Context) {
+	tenant, user, actor, err := a.target(c)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	method, err := parseEnrolMethod(c.Param("method"))
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	var req codeRequest
+	if err := bind(c, &req, false); err != nil {
+		a.fail(c, err)
+		return
+	}
+	meta := a.meta(c, actor, "")
+	var out commands.Activation
+	name := "ConfirmOTPMethod"
+	if method == domain.MethodTOTP {
+		name = "ConfirmTOTPEnrollment"
+	}
+	if !a.command(c, name, true, func(ctx context.Context) (err error) {
+		if method == domain.MethodTOTP {
+			out, err = a.cmd.ConfirmTOTPEnrollment(ctx, meta, commands.ConfirmTOTPEnrollment{TenantID: tenant, UserID: user, Code: req.Code})
+		} else {
+			out, err = a.cmd.ConfirmOTPMethod(ctx, meta, commands.ConfirmOTPMethod{TenantID: tenant, UserID: user, Method: method, Code: req.Code})
+		}
+		return err
+	}) {
+		return
+	}
+	writeJSON(c, http.StatusOK, activationResponse{written: written{out.Position}, Method: method, Enabled: true, BackupCodes: out.BackupCodes})
+}
+
+type challengeRequest struct {
+	// Method asks for a code by email or SMS instead of the default; empty: the default.
+	Method string `json:"method"`
+}
+
+type challengeResponse struct {
+	written
+	EnrollmentRequired  bool            `json:"enrollment_required"`
+	Enabled             bool            `json:"enabled"`
+	Methods             []domain.Method `json:"methods"`
+	DefaultMethod       domain.Method   `json:"default_method,omitempty"`
+	SetupAppAtNextLogin bool            `json:"setup_app_at_next_login"`
+	BackupCodesLeft     int             `json:"backup_codes_remaining"`
+	LockedUntil         *time.Time      `json:"locked_until,omitempty"`
+	AttemptsRemaining   int             `json:"attempts_remaining"`
+	CodeSentBy          domain.Method   `json:"code_sent_by,omitempty"`
+	CodeExpiresAt       *time.Time      `json:"code_expires_at,omitempty"`
+}
+
+func (a *API) startChallenge(c *gin.Context) {
+	tenant, user, actor, err := a.target(c)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	var req challengeRequest
+	if err := bind(c, &req, true); err != nil {
+		a.fail(c, err)
+		return
+	}
+	var method domain.Method
+	if req.Method != "" {
+		if method, err = domain.ParseMethod(req.Method); err != nil {
+			a.fail(c, err)
+			return
+		}
+	}
+	meta := a.meta(c, actor, "")
+	var out commands.Challenge
+	if !a.command(c, "StartLoginChallenge", false, func(ctx context.Context) (err error) {
+		out, err = a.cmd.StartLoginChallenge(ctx, meta, commands.StartLoginChallenge{TenantID: tenant, UserID: user, Method: method})
+		return err
+	}) {
+		return
+	}
+	methods := out.Methods
+	if methods == nil {
+		methods = []domain.Method{}
+	}
+	writeJSON(c, http.StatusOK, challengeResponse{
+		written: written{out.Position}, EnrollmentRequired: out.EnrollmentRequired, Enabled: out.Enabled,
+		Methods: methods, DefaultMethod: out.DefaultMethod, SetupAppAtNextLogin: out.SetupAppAtNextLogin,
+		BackupCodesLeft: out.BackupCodesLeft, LockedUntil: timePtr(out.LockedUntil),
+		AttemptsRemaining: out.AttemptsRemaining, CodeSentBy: out.CodeSentBy, CodeExpiresAt: timePtr(out.CodeExpiresAt),
+	})
+}
+
+type verifyRequest struct {
+	// Method is totp, email, sms or backup_code.
+	Method string `json:"method"`
+	Code   string `json:"code"`
+}
+
+type verificationResponse struct {
+	written
+	Verified             bool          `json:"verified"`
+	Method               domain.Method `json:"method"`
+	BackupCodesRemaining int           `json:"backup_codes_remaining"`
+	// TwoFactorDisabled: the tenant's policy switched 2FA off after a recovery code; enrol again.
+	TwoFactorDisabled bool `json:"two_factor_disabled"`
+}
+
+func (a *API) verify(c *gin.Context) {
+	tenant, user, actor, err := a.target(c)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	var req verifyRequest
+	if err := bind(c, &req, false); err != nil {
+		a.fail(c, err)
+		return
+	}
+	meta := a.meta(c, actor, "")
+	var out commands.Verification
+	var name string
+	var run func(ctx context.Context) error
+	switch domain.Method(req.Method) {
+	case domain.MethodTOTP:
+		name = "VerifyTOTP"
+		run = func(ctx context.Context) (err error) {
+			out, err = a.cmd.VerifyTOTP(ctx, meta, commands.VerifyTOTP{TenantID: tenant, UserID: user, Code: req.Code})
+			return err
+		}
+	case domain.MethodEmail, domain.MethodSMS:
+		name = "VerifyOTP"
+		run = func(ctx context.Context) (err error) {
+			out, err = a.cmd.VerifyOTP(ctx, meta, commands.VerifyOTP{TenantID: tenant, UserID: user, Method: domain.Method(req.Method), Code: req.Code})
+			return err
+		}
+	case domain.MethodBackup:
+		name = "ConsumeBackupCode"
+		run = func(ctx context.Context) (err error) {
+			out, err = a.cmd.ConsumeBackupCode(ctx, meta, commands.ConsumeBackupCode{TenantID: tenant, UserID: user, Code: req.Code})
+			return err
+		}
+	default:
+		a.fail(c, domain.Invalid("invalid_method", "method must be totp, email, sms or backup_code"))
+		return
+	}
+	if !a.command(c, name, true, run) {
+		return
+	}
+	writeJSON(c, http.StatusOK, verificationResponse{
+		written: written{out.Position}, Verified: true, Method: out.Method,
+		BackupCodesRemaining: out.BackupCodesRemaining, TwoFactorDisabled: out.TwoFactorDisabled,
+	})
+}
+
+type methodRequest struct {
+	Method string `json:"method"`
+	Reason string `json:"reason"`
+}
+
+type defaultMethodResponse struct {
+	written
+	DefaultMethod domain.Method `json:"default_method"`
+	Changed       bool          `json:"changed"`
+}
+
+func (a *API) changeDefaultMethod(c *gin.Context) {
+	tenant, user, actor, err := a.target(c)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	var req methodRequest
+	if err := bind(c, &req, false); err != nil {
+		a.fail(c, err)
+		return
+	}
+	method, err := domain.ParseMethod(req.Method)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	if err := checkReason(req.Reason); err != nil {
+		a.fail(c, err)
+		return
+	}
+	meta := a.meta(c, actor, req.Reason)
+	var out commands.Result
+	changed := true
+	if !a.command(c, "ChangeDefaultMethod", true, func(ctx context.Context) (err error) {
+		out, err = a.cmd.ChangeDefaultMethod(ctx, meta, commands.ChangeDefaultMethod{TenantID: tenant, UserID: user, Method: method})
+		if errors.Is(err, domain.Precondition(domain.CodeNothingToChange, "")) {
+			changed, err = false, nil
+		}
+		return err
+	}) {
+		return
+	}
+	writeJSON(c, http.StatusOK, defaultMethodResponse{written: written{out.Position}, DefaultMethod: method, Changed: changed})
+}
+
+type contactAddressRequest struct {
+	Method  string `json:"method"`
+	Address string `json:"address"`
+	Reason  string `json:"reason"`
+}
+
+type contactAddressResponse struct {
+	written
+	Changed bool `json:"changed"`
+}
+
+// setContactAddress registers where security messages go for a user whose methods
+// give no address (an app-only user); an empty address removes it.
+func (a *API) setContactAddress(c *gin.Context) {
+	tenant, user, actor, err := a.target(c)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	var req contactAddressRequest
+	if err := bind(c, &req, false); err != nil {
+		a.fail(c, err)
+		return
+	}
+	method, err := domain.ParseMethod(req.Method)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	if err := checkReason(req.Reason); err != nil {
+		a.fail(c, err)
+		return
+	}
+	meta := a.meta(c, actor, req.Reason)
+	var out commands.Result
+	changed := true
+	if !a.command(c, "SetContactAddress", true, func(ctx context.Context) (err error) {
+		out, err = a.cmd.SetContactAddress(ctx, meta, commands.SetContactAddress{TenantID: tenant, UserID: user, Method: method, Address: req.Address})
+		if errors.Is(err, domain.Precondition(domain.CodeNothingToChange, "")) {
+			changed, err = false, nil
+		}
+		return err
+	}) {
+		return
+	}
+	writeJSON(c, http.StatusOK, contactAddressResponse{written: written{out.Position}, Changed: changed})
+}
+
+// reasonRequest is the optional body of admin actions: why, for the audit trail.
+type reasonRequest struct {
+	Reason string `json:"reason"`
+}
+
+func checkReason(r string) error {
+	if len(r) > 500 {
+		return domain.Invalid(domain.CodeInvalidArgument, "reason must be at most 500 bytes")
+	}
+	return nil
+}
+
+func (a *API) optionalReason(c *gin.Context) (string, bool) {
+	var req reasonRequest
+	if err := bind(c, &req, true); err != nil {
+		a.fail(c, err)
+		return "", false
+	}
+	if err := checkReason(req.Reason); err != nil {
+		a.fail(c, err)
+		return "", false
+	}
+	return req.Reason, true
+}
+
+func (a *API) removeMethod(c *gin.Context) {
+	tenant, user, actor, err := a.target(c)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	method, err := domain.ParseMethod(c.Param("method"))
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	reason, ok := a.optionalReason(c)
+	if !ok {
+		return
+	}
+	meta := a.meta(c, actor, reason)
+	var out commands.Result
+	if !a.command(c, "RemoveMethod", true, func(ctx context.Context) (err error) {
+		out, err = a.cmd.RemoveMethod(ctx, meta, commands.RemoveMethod{TenantID: tenant, UserID: user, Method: method})
+		return err
+	}) {
+		return
+	}
+	writeJSON(c, http.StatusOK, written{out.Position})
+}
+
+type backupCodesResponse struct {
+	written
+	// BackupCodes are shown exactly once; the previous set stopped working.
+	BackupCodes []string `json:"backup_codes"`
+}
+
+func (a *API) regenerateBackupCodes(c *gin.Context) {
+	tenant, user, actor, err := a.target(c)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	if err := bind(c, &struct{}{}, true); err != nil {
+		a.fail(c, err)
+		return
+	}
+	meta := a.meta(c, actor, "")
+	var out commands.Activation
+	if !a.command(c, "RegenerateBackupCodes", true, func(ctx context.Context) (err error) {
+		out, err = a.cmd.RegenerateBackupCodes(ctx, meta, commands.RegenerateBackupCodes{TenantID: tenant, UserID: user})
+		return err
+	}) {
+		return
+	}
+	writeJSON(c, http.StatusCreated, backupCodesResponse{written: written{out.Position}, BackupCodes: out.BackupCodes})
+}
+
+func (a *API) disable(c *gin.Context) {
+	tenant, user, actor, err := a.target(c)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	reason, ok := a.optionalReason(c)
+	if !ok {
+		return
+	}
+	meta := a.meta(c, actor, reason)
+	var out commands.Result
+	if !a.command(c, "DisableTwoFactor", true, func(ctx context.Context) (err error) {
+		out, err = a.cmd.DisableTwoFactor(ctx, meta, commands.DisableTwoFactor{TenantID: tenant, UserID: user})
+		return err
+	}) {
+		return
+	}
+	writeJSON(c, http.StatusOK, written{out.Position})
+}
+
+type switchRequest struct {
+	To          string `json:"to"`
+	Destination string `json:"destination"`
+	Reason      string `json:"reason"`
+}
+
+type switchResponse struct {
+	written
+	To domain.Method `json:"to"`
+}
+
+func (a *API) switchMethod(c *gin.Context) {
+	tenant, user, actor, err := a.target(c)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	var req switchRequest
+	if err := bind(c, &req, false); err != nil {
+		a.fail(c, err)
+		return
+	}
+	to, err := domain.ParseMethod(req.To)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	if err := checkReason(req.Reason); err != nil {
+		a.fail(c, err)
+		return
+	}
+	meta := a.meta(c, actor, req.Reason)
+	var out commands.Result
+	if !a.command(c, "SwitchMethod", true, func(ctx context.Context) (err error) {
+		out, err = a.cmd.SwitchMethod(ctx, meta, commands.SwitchMethod{TenantID: tenant, UserID: user, To: to, Destination: req.Destination})
+		return err
+	}) {
+		return
+	}
+	writeJSON(c, http.StatusOK, switchResponse{written: written{out.Position}, To: to})
+}
