@@ -66,6 +66,18 @@ func (p *pipelinedPublisher) Publish(subject string, msgs ...*message.Message) e
 			return err
 		}
 		tx, inTx := TxFromMessage(msg)
+		var batch *pubBatch
+		if inTx {
+			batch = tx.Hook(p, func() TxHook { return &pubBatch{p: p} }).(*pubBatch)
+			// The subscriber commits without waiting for a handler at shutdown
+			// or at the ack deadline; a message published after that is not
+			// acknowledged and is forwarded again (JetStream drops the copy).
+			batch.mu.Lock()
+			if batch.sealed {
+				batch.mu.Unlock()
+				return ErrTxDone
+			}
+		}
 		p.mu.Lock()
 		opts := []nats.PubOpt{nats.MsgId(msg.UUID), nats.ExpectStream(p.f.ncfg.Stream)}
 		if p.prev != "" {
@@ -88,12 +100,13 @@ func (p *pipelinedPublisher) Publish(subject string, msgs ...*message.Message) e
 			// The chain stays: the handler's retry publishes this message again
 			// after the same predecessor.
 			p.mu.Unlock()
+			batch.mu.Unlock()
 			return p.failed(err)
 		}
 		p.prev = msg.UUID
 		p.mu.Unlock()
-		b := tx.Hook(p, func() TxHook { return &pubBatch{p: p} }).(*pubBatch)
-		b.futures = append(b.futures, fut)
+		batch.futures = append(batch.futures, fut)
+		batch.mu.Unlock()
 	}
 	return nil
 }
@@ -133,15 +146,22 @@ func (p *pipelinedPublisher) failed(err error) error {
 // pubBatch is the publisher's part of one forwarder transaction: the
 // acknowledgements the commit waits for.
 type pubBatch struct {
-	p       *pipelinedPublisher
+	p *pipelinedPublisher
+
+	mu      sync.Mutex
 	futures []nats.PubAckFuture
+	sealed  bool // the commit began: no more messages join this batch
 }
 
 func (b *pubBatch) BeforeCommit(ctx context.Context, _ pgx.Tx) error {
+	b.mu.Lock()
+	b.sealed = true
+	futures := b.futures
+	b.mu.Unlock()
 	deadline := time.NewTimer(b.p.timeout)
 	defer deadline.Stop()
 	var first error
-	for _, f := range b.futures {
+	for _, f := range futures {
 		select {
 		case <-f.Ok():
 		case err := <-f.Err():
@@ -162,7 +182,12 @@ func (b *pubBatch) BeforeCommit(ctx context.Context, _ pgx.Tx) error {
 	return nil
 }
 
-func (b *pubBatch) AfterCommit() { b.p.f.forwarded.Add(int64(len(b.futures))) }
+func (b *pubBatch) AfterCommit() {
+	b.mu.Lock()
+	n := len(b.futures)
+	b.mu.Unlock()
+	b.p.f.forwarded.Add(int64(n))
+}
 
 func (b *pubBatch) AfterRollback() {
 	b.p.mu.Lock()
