@@ -8,7 +8,9 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
+	"time"
 
+	"github.com/twofactor/twofactor/notifier"
 	"github.com/twofactor/twofactor/secrets"
 )
 
@@ -52,6 +54,11 @@ type Config struct {
 	SMSFrom     string
 	// MailDir is the development sink's folder, used when SMTP or SMS is not configured.
 	MailDir string
+	// SendTimeout bounds one SMTP or SMS send; NotifyLease is how long a worker
+	// holds a notification it claimed, so how soon another worker sends what a
+	// dead one had claimed (notifier.Config).
+	SendTimeout time.Duration
+	NotifyLease time.Duration
 }
 
 // DefaultConfig holds the documented defaults.
@@ -69,6 +76,8 @@ func DefaultConfig() Config {
 		DevDataDir:     ".dev/postgres",
 		Consumers:      true,
 		WorkerAddr:     "127.0.0.1:9090",
+		SendTimeout:    notifier.DefaultConfig().SendTimeout,
+		NotifyLease:    notifier.DefaultConfig().Lease,
 	}
 }
 
@@ -115,6 +124,12 @@ func fromEnv(c Config) Config {
 	c.SMSAuth = envOr("TWOFACTOR_SMS_AUTH", c.SMSAuth)
 	c.SMSFrom = envOr("TWOFACTOR_SMS_FROM", c.SMSFrom)
 	c.MailDir = envOr("TWOFACTOR_MAIL_DIR", c.MailDir)
+	if v, err := time.ParseDuration(envOr("TWOFACTOR_SEND_TIMEOUT", c.SendTimeout.String())); err == nil {
+		c.SendTimeout = v
+	}
+	if v, err := time.ParseDuration(envOr("TWOFACTOR_NOTIFY_LEASE", c.NotifyLease.String())); err == nil {
+		c.NotifyLease = v
+	}
 	return c
 }
 
@@ -141,6 +156,8 @@ func (c *Config) bindConsumers(fs *flag.FlagSet) {
 	fs.StringVar(&c.SMSAuth, "sms-auth", c.SMSAuth, "Authorization header value, or SID:TOKEN for Twilio (TWOFACTOR_SMS_AUTH)")
 	fs.StringVar(&c.SMSFrom, "sms-from", c.SMSFrom, "SMS sender number or id (TWOFACTOR_SMS_FROM)")
 	fs.StringVar(&c.MailDir, "mail-dir", c.MailDir, "folder of the development sink used without SMTP/SMS settings (TWOFACTOR_MAIL_DIR)")
+	fs.DurationVar(&c.SendTimeout, "send-timeout", c.SendTimeout, "bound of one SMTP or SMS send (TWOFACTOR_SEND_TIMEOUT)")
+	fs.DurationVar(&c.NotifyLease, "notify-lease", c.NotifyLease, "how long a worker holds a claimed notification before another may send it; longer than --send-timeout (TWOFACTOR_NOTIFY_LEASE)")
 	fs.StringVar(&c.Bus, "bus", c.Bus, "event bus: postgres or nats (TWOFACTOR_BUS)")
 	c.bindNATS(fs)
 }

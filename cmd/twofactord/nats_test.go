@@ -132,7 +132,10 @@ func TestScaleOutOnNATSWithRealProcesses(t *testing.T) {
 	bin := buildBinary(t)
 	env := testEnv(t, "TWOFACTOR_SMTP_URL=smtp://"+box.addr+"?tls=none", "TWOFACTOR_MAIL_FROM=security@acme.test",
 		"TWOFACTOR_BUS=nats", "TWOFACTOR_NATS_URL="+ncfg.URL, "TWOFACTOR_NATS_STREAM="+ncfg.Stream,
-		"TWOFACTOR_NATS_SUBJECT="+ncfg.Subject, "TWOFACTOR_NATS_PARTITIONS=4", "TWOFACTOR_KEY_RATE=-1", "TWOFACTOR_IP_RATE=-1")
+		"TWOFACTOR_NATS_SUBJECT="+ncfg.Subject, "TWOFACTOR_NATS_PARTITIONS=4", "TWOFACTOR_KEY_RATE=-1", "TWOFACTOR_IP_RATE=-1",
+		// A message the killed worker had claimed goes to the other worker when
+		// the lease ends: short here, so that it arrives within box.await.
+		"TWOFACTOR_SEND_TIMEOUT=4s", "TWOFACTOR_NOTIFY_LEASE=8s")
 	apis := []*server{startServer(t, bin, env, "--consumers=false"), startServer(t, bin, env, "--consumers=false")}
 	w1 := startWorkerProc(t, bin, env)
 	startWorkerProc(t, bin, env)

@@ -153,6 +153,7 @@ func startConsumers(ctx context.Context, cfg Config, run bool, pool *pgxpool.Poo
 	}
 	ncfg := notifier.DefaultConfig()
 	ncfg.DefaultFrom = cfg.MailFrom
+	ncfg.SendTimeout, ncfg.Lease = cfg.SendTimeout, cfg.NotifyLease
 	n, err := notifier.New(notifier.Deps{Pool: pool, Store: store, Vault: vault, Mail: senders.Mail, SMS: senders.SMS,
 		Logger: log, Metrics: reg}, ncfg)
 	if err != nil {
