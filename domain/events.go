@@ -1,6 +1,9 @@
 package domain
 
-import "time"
+import (
+	"reflect"
+	"time"
+)
 
 // Event is a fact recorded in the log.
 //
@@ -208,15 +211,23 @@ func (*TogglePermissionChanged) EventType() string     { return "TogglePermissio
 func (*ContactAddressSet) EventType() string           { return "ContactAddressSet" }
 func (*UserForgotten) EventType() string               { return "UserForgotten" }
 
-// NewEvent returns an empty event of a stored type name, for decoding.
+// NewEvent returns an empty event of a stored type name, for decoding. It runs
+// once per event read, so it looks the type up instead of building every event.
 func NewEvent(eventType string) (Event, bool) {
-	for _, e := range AllEvents() {
-		if e.EventType() == eventType {
-			return e, true
-		}
+	t, ok := eventTypes[eventType]
+	if !ok {
+		return nil, false
 	}
-	return nil, false
+	return reflect.New(t).Interface().(Event), true
 }
+
+var eventTypes = func() map[string]reflect.Type {
+	m := map[string]reflect.Type{}
+	for _, e := range AllEvents() {
+		m[e.EventType()] = reflect.TypeOf(e).Elem()
+	}
+	return m
+}()
 
 // AllEvents lists one fresh value of every event type.
 func AllEvents() []Event {

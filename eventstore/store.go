@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -208,14 +209,15 @@ func scanRecords(rows pgx.Rows) ([]*Record, error) {
 	for rows.Next() {
 		r := &Record{}
 		var payload, meta, txid string
-		if err := rows.Scan(&r.Position, &r.EventID, &r.TenantID, &r.StreamID, &r.Version, &r.Type,
-			&r.SchemaVersion, &payload, &meta, &r.RecordedAt, &txid, &r.PrevHash, &r.Hash); err != nil {
+		err := rows.Scan(&r.Position, &r.EventID, &r.TenantID, &r.StreamID, &r.Version, &r.Type,
+			&r.SchemaVersion, &payload, &meta, &r.RecordedAt, &txid, &r.PrevHash, &r.Hash)
+		if err != nil {
 			return nil, err
 		}
 		r.Payload = []byte(payload)
 		r.RawMetadata = []byte(meta)
 		r.RecordedAt = r.RecordedAt.UTC()
-		if _, err := fmt.Sscan(txid, &r.TransactionID); err != nil {
+		if r.TransactionID, err = strconv.ParseUint(txid, 10, 64); err != nil {
 			return nil, fmt.Errorf("eventstore: transaction id %q: %w", txid, err)
 		}
 		if err := r.decode(); err != nil {
