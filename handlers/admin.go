@@ -49,15 +49,10 @@ func (a *API) setRequirement(c *gin.Context) {
 		return
 	}
 	meta := a.meta(c, actor, req.Reason)
-	var out commands.Result
-	changed := true
-	if !a.command(c, "RequireTwoFactor", false, func(ctx context.Context) (err error) {
-		out, err = a.cmd.RequireTwoFactor(ctx, meta, commands.RequireTwoFactor{TenantID: tenant, UserID: user, Required: *req.Required})
-		if errors.Is(err, domain.Precondition(domain.CodeNothingToChange, "")) {
-			changed, err = false, nil
-		}
-		return err
-	}) {
+	out, changed, ok := a.changeCommand(c, "RequireTwoFactor", false, func(ctx context.Context) (commands.Result, error) {
+		return a.cmd.RequireTwoFactor(ctx, meta, commands.RequireTwoFactor{TenantID: tenant, UserID: user, Required: *req.Required})
+	})
+	if !ok {
 		return
 	}
 	writeJSON(c, http.StatusOK, requirementResponse{written: written{out.Position}, Required: *req.Required, Changed: changed})
@@ -94,15 +89,10 @@ func (a *API) setTogglePermission(c *gin.Context) {
 		return
 	}
 	meta := a.meta(c, actor, req.Reason)
-	var out commands.Result
-	changed := true
-	if !a.command(c, "SetTogglePermission", false, func(ctx context.Context) (err error) {
-		out, err = a.cmd.SetTogglePermission(ctx, meta, commands.SetTogglePermission{TenantID: tenant, UserID: user, CanToggle: *req.CanToggle})
-		if errors.Is(err, domain.Precondition(domain.CodeNothingToChange, "")) {
-			changed, err = false, nil
-		}
-		return err
-	}) {
+	out, changed, ok := a.changeCommand(c, "SetTogglePermission", false, func(ctx context.Context) (commands.Result, error) {
+		return a.cmd.SetTogglePermission(ctx, meta, commands.SetTogglePermission{TenantID: tenant, UserID: user, CanToggle: *req.CanToggle})
+	})
+	if !ok {
 		return
 	}
 	writeJSON(c, http.StatusOK, toggleResponse{written: written{out.Position}, CanToggle: *req.CanToggle, Changed: changed})

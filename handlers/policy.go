@@ -2,7 +2,6 @@ package handlers
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"time"
 
@@ -183,23 +182,18 @@ func (a *API) patchPolicy(c *gin.Context) {
 	}
 	tenant := apiKey(c).TenantID
 	meta := a.meta(c, actor, req.Reason)
-	var out commands.Result
 	var policy domain.Policy
-	changed := true
-	if !a.command(c, "ChangeTenantPolicy", false, func(ctx context.Context) error {
+	out, changed, ok := a.changeCommand(c, "ChangeTenantPolicy", false, func(ctx context.Context) (commands.Result, error) {
 		current, err := a.cmd.TenantPolicy(ctx, tenant)
 		if err != nil {
-			return err
+			return commands.Result{}, err
 		}
 		if policy, err = req.Apply(current); err != nil {
-			return err
+			return commands.Result{}, err
 		}
-		out, err = a.cmd.ChangeTenantPolicy(ctx, meta, commands.ChangeTenantPolicy{TenantID: tenant, Policy: policy})
-		if errors.Is(err, domain.Precondition(domain.CodeNothingToChange, "")) {
-			changed, err = false, nil
-		}
-		return err
-	}) {
+		return a.cmd.ChangeTenantPolicy(ctx, meta, commands.ChangeTenantPolicy{TenantID: tenant, Policy: policy})
+	})
+	if !ok {
 		return
 	}
 	writeJSON(c, http.StatusOK, policyResponse{written: written{out.Position}, Policy: ViewPolicy(policy), Changed: changed})

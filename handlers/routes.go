@@ -2,6 +2,7 @@ package handlers
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"strconv"
 	"strings"
@@ -113,6 +114,21 @@ func (a *API) command(c *gin.Context, name string, needsUser bool, run func(ctx 
 	}
 	a.fail(c, err)
 	return false
+}
+
+// changeCommand is command for a setting a repeated request may find already in
+// place: the domain's "nothing to change" answers 200 with changed false, so
+// that a PUT can be repeated safely.
+func (a *API) changeCommand(c *gin.Context, name string, needsUser bool, run func(ctx context.Context) (commands.Result, error)) (out commands.Result, changed, ok bool) {
+	changed = true
+	ok = a.command(c, name, needsUser, func(ctx context.Context) (err error) {
+		out, err = run(ctx)
+		if errors.Is(err, domain.Precondition(domain.CodeNothingToChange, "")) {
+			changed, err = false, nil
+		}
+		return err
+	})
+	return out, changed, ok
 }
 
 func (a *API) missingUser(c *gin.Context, err error) error {

@@ -345,15 +345,10 @@ func (a *API) changeDefaultMethod(c *gin.Context) {
 		return
 	}
 	meta := a.meta(c, actor, req.Reason)
-	var out commands.Result
-	changed := true
-	if !a.command(c, "ChangeDefaultMethod", true, func(ctx context.Context) (err error) {
-		out, err = a.cmd.ChangeDefaultMethod(ctx, meta, commands.ChangeDefaultMethod{TenantID: tenant, UserID: user, Method: method})
-		if errors.Is(err, domain.Precondition(domain.CodeNothingToChange, "")) {
-			changed, err = false, nil
-		}
-		return err
-	}) {
+	out, changed, ok := a.changeCommand(c, "ChangeDefaultMethod", true, func(ctx context.Context) (commands.Result, error) {
+		return a.cmd.ChangeDefaultMethod(ctx, meta, commands.ChangeDefaultMethod{TenantID: tenant, UserID: user, Method: method})
+	})
+	if !ok {
 		return
 	}
 	writeJSON(c, http.StatusOK, defaultMethodResponse{written: written{out.Position}, DefaultMethod: method, Changed: changed})
@@ -393,15 +388,10 @@ func (a *API) setContactAddress(c *gin.Context) {
 		return
 	}
 	meta := a.meta(c, actor, req.Reason)
-	var out commands.Result
-	changed := true
-	if !a.command(c, "SetContactAddress", true, func(ctx context.Context) (err error) {
-		out, err = a.cmd.SetContactAddress(ctx, meta, commands.SetContactAddress{TenantID: tenant, UserID: user, Method: method, Address: req.Address})
-		if errors.Is(err, domain.Precondition(domain.CodeNothingToChange, "")) {
-			changed, err = false, nil
-		}
-		return err
-	}) {
+	out, changed, ok := a.changeCommand(c, "SetContactAddress", true, func(ctx context.Context) (commands.Result, error) {
+		return a.cmd.SetContactAddress(ctx, meta, commands.SetContactAddress{TenantID: tenant, UserID: user, Method: method, Address: req.Address})
+	})
+	if !ok {
 		return
 	}
 	writeJSON(c, http.StatusOK, contactAddressResponse{written: written{out.Position}, Changed: changed})
