@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -65,9 +66,58 @@ type IssuedKey struct {
 }
 
 // KeyStore issues, authenticates and revokes tenant API keys.
+//
+// With a ChangeSignal (CacheWith), it remembers the keys it authenticated, so
+// that a request costs no query of its own: every change of the api_keys table
+// notifies APIKeysChannel (a trigger, migrations/0008) and every process then
+// forgets what it cached. A revoked key is refused by the revoking process at
+// once and by the others as soon as the notification reaches them (milliseconds).
+// While the LISTEN connection is down nothing is cached: every request reads
+// the table, as without a signal.
 type KeyStore struct {
 	pool   *pgxpool.Pool
 	random io.Reader
+
+	signal ChangeSignal
+	mu     sync.RWMutex
+	cache  map[string]cachedKey
+}
+
+// APIKeysChannel is notified whenever a row of api_keys changes.
+// WARNING: durable name, shared with migrations/0008.
+const APIKeysChannel = "twofactor_api_keys"
+
+// ChangeSignal says when cached rows may be stale (messaging.Listener is one):
+// Wait returns a channel's generation, which changes with every notification on
+// it and whenever the connection is lost or regained; Hears reports whether
+// notifications on the channel are being received now.
+type ChangeSignal interface {
+	Wait(channel string) (uint64, <-chan struct{})
+	Hears(channel string) bool
+}
+
+type cachedKey struct {
+	key     APIKey
+	hash    []byte
+	gen     uint64
+	fetched time.Time
+}
+
+const (
+	// keyCacheTTL bounds how long a cached key is believed even if every
+	// notification were lost without the connection dropping.
+	keyCacheTTL = 5 * time.Minute
+	// keyCacheSize bounds the memory: past it the cache starts over.
+	keyCacheSize = 10_000
+)
+
+// CacheWith turns the cache on (see KeyStore); serve passes its LISTEN
+// connection, which must listen on APIKeysChannel.
+func (s *KeyStore) CacheWith(signal ChangeSignal) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.signal = signal
+	s.cache = map[string]cachedKey{}
 }
 
 // NewKeyStore returns a store over the api_keys table. random must be a CSPRNG
@@ -126,6 +176,13 @@ func (s *KeyStore) Authenticate(ctx context.Context, token string) (APIKey, erro
 	if !ok || len(keyID) != 16 {
 		return APIKey{}, errBadToken
 	}
+	hash := sha256.Sum256([]byte(token))
+	if k, ok := s.cached(keyID, hash[:]); ok {
+		return k, nil
+	}
+	// The generation is taken before the read: a change committed after it
+	// makes what this read returns stale at once.
+	gen, live := s.generation()
 	var k APIKey
 	var role string
 	var stored []byte
@@ -137,12 +194,59 @@ func (s *KeyStore) Authenticate(ctx context.Context, token string) (APIKey, erro
 	if err != nil {
 		return APIKey{}, fmt.Errorf("api keys: lookup: %w", err)
 	}
-	hash := sha256.Sum256([]byte(token))
 	if subtle.ConstantTimeCompare(hash[:], stored) != 1 || k.RevokedAt != nil {
 		return APIKey{}, errBadToken
 	}
 	k.Role = Role(role)
+	if live {
+		s.remember(keyID, cachedKey{key: k, hash: stored, gen: gen, fetched: time.Now()})
+	}
 	return k, nil
+}
+
+func (s *KeyStore) generation() (gen uint64, live bool) {
+	s.mu.RLock()
+	signal := s.signal
+	s.mu.RUnlock()
+	if signal == nil {
+		return 0, false
+	}
+	gen, _ = signal.Wait(APIKeysChannel)
+	return gen, signal.Hears(APIKeysChannel)
+}
+
+// cached returns the key of a token from the cache when it is still current;
+// a token that does not match is left to the table to refuse.
+func (s *KeyStore) cached(keyID string, hash []byte) (APIKey, bool) {
+	gen, live := s.generation()
+	if !live {
+		return APIKey{}, false
+	}
+	s.mu.RLock()
+	e, ok := s.cache[keyID]
+	s.mu.RUnlock()
+	if !ok || e.gen != gen || time.Since(e.fetched) > keyCacheTTL || subtle.ConstantTimeCompare(hash, e.hash) != 1 {
+		return APIKey{}, false
+	}
+	return e.key, true
+}
+
+func (s *KeyStore) remember(keyID string, e cachedKey) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cache == nil {
+		return
+	}
+	if len(s.cache) >= keyCacheSize {
+		s.cache = map[string]cachedKey{}
+	}
+	s.cache[keyID] = e
+}
+
+func (s *KeyStore) forget(keyID string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.cache, keyID)
 }
 
 // List returns a tenant's keys, newest first, revoked ones included.
@@ -174,6 +278,8 @@ func (s *KeyStore) Revoke(ctx context.Context, tenantID, keyID string) (APIKey, 
 		WHERE tenant_id = $1 AND key_id = $2
 		RETURNING key_id, tenant_id, role, name, created_by, created_at, revoked_at`, tenantID, keyID).
 		Scan(&k.KeyID, &k.TenantID, &role, &k.Name, &k.CreatedBy, &k.CreatedAt, &k.RevokedAt)
+	// Refused by this process from now on, before the notification comes back.
+	s.forget(keyID)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return APIKey{}, domain.NotFound("api_key_not_found", "API key not found")
 	}

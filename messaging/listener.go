@@ -2,6 +2,7 @@ package messaging
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -63,6 +64,14 @@ func (l *Listener) Wait(channel string) (uint64, <-chan struct{}) {
 		l.signals[channel] = s
 	}
 	return s.gen, s.ch
+}
+
+// Hears reports whether notifications on channel are being received now.
+func (l *Listener) Hears(channel string) bool {
+	if !slices.Contains(l.channels, channel) {
+		return false
+	}
+	return l.Connected()
 }
 
 // Connected reports whether notifications are being received.

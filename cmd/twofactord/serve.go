@@ -130,7 +130,7 @@ func (c *consumers) running(ctx context.Context) error {
 func startConsumers(ctx context.Context, cfg Config, run bool, pool *pgxpool.Pool, store *eventstore.Store, vault *secrets.Vault,
 	reg prometheus.Registerer, log *slog.Logger) (*consumers, *projections.Queries, error) {
 	wlog := watermill.NewSlogLogger(log.With("component", "messaging"))
-	listener := messaging.NewListener(pool, wlog, messaging.EventsChannel, projections.ReadModelsChannel)
+	listener := messaging.NewListener(pool, wlog, messaging.EventsChannel, projections.ReadModelsChannel, handlers.APIKeysChannel)
 	c := &consumers{listener: listener}
 	c.done.Go(func() {
 		if err := listener.Run(ctx); err != nil && ctx.Err() == nil {
@@ -204,10 +204,12 @@ func newAPI(ctx context.Context, cfg Config, pool *pgxpool.Pool, ring *secrets.K
 	if cfg.IPRate != 0 {
 		hcfg.IPRate, hcfg.IPBurst = cfg.IPRate, int(3*cfg.IPRate)
 	}
+	keys := handlers.NewKeyStore(pool, rand.Reader)
+	keys.CacheWith(cons.listener)
 	api, err := handlers.New(hcfg, handlers.Deps{
 		Commands:    svc,
 		Pool:        pool,
-		Keys:        handlers.NewKeyStore(pool, rand.Reader),
+		Keys:        keys,
 		Audit:       audit.New(pool),
 		Reads:       handlers.ProjectionReads(queries),
 		Secrets:     hasher,
