@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -111,7 +112,18 @@ func openDatabase(ctx context.Context, databaseURL string) (*pgxpool.Pool, error
 	if err := ensureDatabase(ctx, databaseURL); err != nil {
 		return nil, err
 	}
-	pool, err := pgxpool.New(ctx, databaseURL)
+	pcfg, err := pgxpool.ParseConfig(databaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("database: %w", err)
+	}
+	// pgxpool's default (4 on two cores) is shared by the API's commands, the
+	// consumers' open batch transactions and the notifier's claims: requests
+	// queued for a connection while PostgreSQL had cores to spare.
+	// pool_max_conns in the URL still decides.
+	if !strings.Contains(databaseURL, "pool_max_conns") {
+		pcfg.MaxConns = int32(max(16, 4*runtime.NumCPU()))
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
 		return nil, fmt.Errorf("database: %w", err)
 	}
