@@ -18,6 +18,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/pquerna/otp"
 	"github.com/pquerna/otp/totp"
@@ -235,6 +236,14 @@ func runWorker(t testing.TB, pool *pgxpool.Pool, n *notifier.Notifier, logger wa
 	}
 }
 
+// unconsumedSQL counts the outbox rows the consumer group $1 has not consumed.
+// Groups consume in (transaction id, offset) order, not in offset order: of
+// two concurrent commands, the one whose transaction began first may take the
+// larger offset, so "offset > offset_acked" can count rows long consumed.
+const unconsumedSQL = `SELECT count(*) FROM watermill_twofactor_events
+	WHERE (transaction_id, "offset") > coalesce((SELECT (last_processed_transaction_id, offset_acked)
+		FROM watermill_offsets_twofactor_events WHERE consumer_group = $1), ('0'::xid8, 0))`
+
 // waitIdle waits until the notifier consumed every event and no notification is open.
 func (e *env) waitIdle(timeout time.Duration) {
 	e.t.Helper()
@@ -243,8 +252,7 @@ func (e *env) waitIdle(timeout time.Duration) {
 		var caughtUp bool
 		var open int
 		err := e.pool.QueryRow(ctx, `
-			SELECT coalesce((SELECT offset_acked FROM watermill_offsets_twofactor_events WHERE consumer_group = $1), 0)
-			       >= coalesce((SELECT max("offset") FROM watermill_twofactor_events), 0),
+			SELECT (`+unconsumedSQL+`) = 0,
 			       (SELECT count(*) FROM notifications WHERE status IN ('pending', 'sending'))`,
 			notifier.ConsumerGroup).Scan(&caughtUp, &open)
 		if err != nil {
@@ -257,7 +265,7 @@ func (e *env) waitIdle(timeout time.Duration) {
 			return
 		}
 		if time.Now().After(deadline) {
-			e.t.Fatalf("notifier not idle after %s: caught up %v, %d open notifications", timeout, caughtUp, open)
+			e.t.Fatalf("notifier not idle after %s: caught up %v, %d open notifications\n%s", timeout, caughtUp, open, e.busState())
 		}
 		time.Sleep(25 * time.Millisecond)
 	}
@@ -421,4 +429,26 @@ func (s *smsServer) code(to, kind string, n int) string {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// busState describes the consumer group's offset and the database's sessions,
+// for a failure message.
+func (e *env) busState() string {
+	var b strings.Builder
+	rows, err := e.pool.Query(ctx, `SELECT consumer_group || ': acked (' || last_processed_transaction_id || ', ' || offset_acked || ')' FROM watermill_offsets_twofactor_events
+		UNION ALL SELECT 'outbox: max offset ' || coalesce(max("offset"), 0) || ', rows ' || count(*) FROM watermill_twofactor_events
+		UNION ALL SELECT 'session ' || pid || ' ' || coalesce(state, '') || ' xact ' || coalesce((now() - xact_start)::text, '-') ||
+			' wait ' || coalesce(wait_event_type || '/' || wait_event, '-') || ': ' || left(query, 160)
+			FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()`)
+	if err != nil {
+		return err.Error()
+	}
+	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return err.Error()
+	}
+	for _, l := range lines {
+		b.WriteString(l + "\n")
+	}
+	return b.String()
 }
