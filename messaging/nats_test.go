@@ -295,7 +295,15 @@ func TestNATSOutageLosesNothing(t *testing.T) {
 	waitFor(t, "the first events", 30*time.Second, func() bool { return streams.count() > 100 && logged.count() > 100 })
 
 	srv.Kill()
+	// A batch JetStream acknowledged just before the kill still commits (and is
+	// counted) after it: wait for the forwarder to notice and settle.
+	waitFor(t, "the forwarder to lose NATS", 10*time.Second, func() bool { return !fwd.Connected() })
 	before := fwd.Forwarded()
+	for settled := time.Now(); time.Since(settled) < 500*time.Millisecond; time.Sleep(50 * time.Millisecond) {
+		if n := fwd.Forwarded(); n != before {
+			before, settled = n, time.Now()
+		}
+	}
 	w.write(400) // commands do not need NATS
 	w.write(400)
 	time.Sleep(500 * time.Millisecond)
