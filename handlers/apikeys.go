@@ -177,12 +177,12 @@ func (s *KeyStore) Authenticate(ctx context.Context, token string) (APIKey, erro
 		return APIKey{}, errBadToken
 	}
 	hash := sha256.Sum256([]byte(token))
-	if k, ok := s.cached(keyID, hash[:]); ok {
-		return k, nil
-	}
 	// The generation is taken before the read: a change committed after it
 	// makes what this read returns stale at once.
 	gen, live := s.generation()
+	if k, ok := s.cached(keyID, hash[:], gen, live); ok {
+		return k, nil
+	}
 	var k APIKey
 	var role string
 	var stored []byte
@@ -215,10 +215,10 @@ func (s *KeyStore) generation() (gen uint64, live bool) {
 	return gen, signal.Hears(APIKeysChannel)
 }
 
-// cached returns the key of a token from the cache when it is still current;
-// a token that does not match is left to the table to refuse.
-func (s *KeyStore) cached(keyID string, hash []byte) (APIKey, bool) {
-	gen, live := s.generation()
+// cached returns the key of a token from the cache when it is still current
+// (cached at generation gen, notifications heard); a token that does not match
+// is left to the table to refuse.
+func (s *KeyStore) cached(keyID string, hash []byte, gen uint64, live bool) (APIKey, bool) {
 	if !live {
 		return APIKey{}, false
 	}

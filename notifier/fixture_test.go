@@ -434,7 +434,6 @@ func (s *smsServer) code(to, kind string, n int) string {
 // busState describes the consumer group's offset and the database's sessions,
 // for a failure message.
 func (e *env) busState() string {
-	var b strings.Builder
 	rows, err := e.pool.Query(ctx, `SELECT consumer_group || ': acked (' || last_processed_transaction_id || ', ' || offset_acked || ')' FROM watermill_offsets_twofactor_events
 		UNION ALL SELECT 'outbox: max offset ' || coalesce(max("offset"), 0) || ', rows ' || count(*) FROM watermill_twofactor_events
 		UNION ALL SELECT 'session ' || pid || ' ' || coalesce(state, '') || ' xact ' || coalesce((now() - xact_start)::text, '-') ||
@@ -447,8 +446,5 @@ func (e *env) busState() string {
 	if err != nil {
 		return err.Error()
 	}
-	for _, l := range lines {
-		b.WriteString(l + "\n")
-	}
-	return b.String()
+	return strings.Join(lines, "\n")
 }

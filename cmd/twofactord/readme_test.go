@@ -27,10 +27,7 @@ func needTools(t *testing.T, tools ...string) {
 	t.Helper()
 	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("CI") != "" {
-				t.Fatalf("%s is not installed (Debian: curl jq oathtool zbar-tools)", tool)
-			}
-			t.Skipf("%s is not installed", tool)
+			testdb.Missing(t, tool+" is not installed (Debian: curl jq oathtool zbar-tools)")
 		}
 	}
 }
@@ -225,7 +222,7 @@ func freePort(t *testing.T) string {
 // The README's first command works where PostgreSQL is installed but not running.
 func TestServeDevStartsAPrivatePostgreSQLWhenNothingAnswers(t *testing.T) {
 	if findPostgresBin() == "" {
-		t.Skip("PostgreSQL is not installed")
+		testdb.Missing(t, "PostgreSQL's server binaries are not installed (Debian: postgresql)")
 	}
 	dataDir := filepath.Join(t.TempDir(), "pg")
 	for d := filepath.Dir(dataDir); d != os.TempDir() && d != "/"; d = filepath.Dir(d) {

@@ -83,6 +83,17 @@ func Main(m *testing.M) int {
 	return code
 }
 
+// Missing says a tool or server a test needs is not installed: under CI (CI
+// set, where .ci/run installs everything) the test fails, elsewhere it is
+// skipped with the reason, never silently.
+func Missing(t testing.TB, what string) {
+	t.Helper()
+	if os.Getenv("CI") != "" {
+		t.Fatalf("%s (.ci/run installs it)", what)
+	}
+	t.Skip(what)
+}
+
 // Pool returns a pool on this package's database, created and migrated once per
 // test binary. The pool is shared: do not Close it. The test fails if no
 // PostgreSQL can be had.

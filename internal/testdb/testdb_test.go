@@ -162,7 +162,7 @@ func TestThrowawayServer(t *testing.T) {
 	}
 	binDir := findBinDir()
 	if binDir == "" {
-		t.Skip("no PostgreSQL server binaries under " + pgLibDir + "/*/bin; the fallback cannot be tested here")
+		Missing(t, "no PostgreSQL server binaries under "+pgLibDir+"/*/bin; the fallback cannot be tested here")
 	}
 	path := os.Getenv("PATH")
 	s, err := startThrowaway(binDir)
