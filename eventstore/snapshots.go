@@ -46,14 +46,19 @@ func (s *Store) LoadAfter(ctx context.Context, streamID string, afterVersion int
 	return scanRecords(rows)
 }
 
-// SaveSnapshot stores a snapshot unless a newer one is already there.
+// SaveSnapshot stores a snapshot unless a newer one is already there. Inside a
+// begun Unit it commits with the unit: a snapshot of events that roll back
+// would restore a state that never was.
 func (s *Store) SaveSnapshot(ctx context.Context, snap Snapshot) error {
-	_, err := s.pool.Exec(ctx, `INSERT INTO user_snapshots (stream_id, tenant_id, version, schema, state, mac)
+	err := InOpenTx(ctx, s.pool, func(q Querier) error {
+		_, err := q.Exec(ctx, `INSERT INTO user_snapshots (stream_id, tenant_id, version, schema, state, mac)
 		VALUES ($1, $2, $3, $4, $5, $6)
 		ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, schema = excluded.schema,
 			state = excluded.state, mac = excluded.mac, taken_at = now()
 		WHERE user_snapshots.version < excluded.version OR user_snapshots.schema <> excluded.schema`,
-		snap.StreamID, snap.TenantID, snap.Version, snap.Schema, string(snap.State), snap.MAC)
+			snap.StreamID, snap.TenantID, snap.Version, snap.Schema, string(snap.State), snap.MAC)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("eventstore: save snapshot: %w", err)
 	}
@@ -62,6 +67,8 @@ func (s *Store) SaveSnapshot(ctx context.Context, snap Snapshot) error {
 
 // DeleteSnapshot removes a stream's snapshot (erasure, or one found invalid).
 func (s *Store) DeleteSnapshot(ctx context.Context, streamID string) error {
-	_, err := s.pool.Exec(ctx, `DELETE FROM user_snapshots WHERE stream_id = $1`, streamID)
-	return err
+	return InOpenTx(ctx, s.pool, func(q Querier) error {
+		_, err := q.Exec(ctx, `DELETE FROM user_snapshots WHERE stream_id = $1`, streamID)
+		return err
+	})
 }

@@ -84,10 +84,10 @@ func (s *Store) Append(ctx context.Context, tenantID, streamID string, expectedV
 // transaction then does not read again (nil: it does). Events never change, so
 // the hash of a version is the same whenever it is read; if the stream has
 // moved on, the insert at expectedVersion+1 fails with a *ConcurrencyError as
-// it does for Append.
+// it does for Append. Inside a Unit (WithUnit) the events commit with the unit.
 func (s *Store) AppendAfter(ctx context.Context, tenantID, streamID string, expectedVersion int64, head []byte, events []domain.Event, meta Metadata) (*Appended, error) {
 	var out *Appended
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	err := InTx(ctx, s.pool, func(tx pgx.Tx) error {
 		var err error
 		out, err = s.appendTx(ctx, tx, tenantID, streamID, expectedVersion, head, events, meta)
 		return err

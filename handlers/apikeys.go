@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/twofactor/twofactor/domain"
+	"github.com/twofactor/twofactor/eventstore"
 )
 
 // Role is what an API key may do in its tenant.
@@ -154,9 +155,12 @@ func (s *KeyStore) Issue(ctx context.Context, tenantID string, role Role, name, 
 	token := TokenPrefix + keyID + "_" + base64.RawURLEncoding.EncodeToString(secret[:])
 	hash := sha256.Sum256([]byte(token))
 	k := IssuedKey{APIKey: APIKey{KeyID: keyID, TenantID: tenantID, Role: role, Name: name, CreatedBy: createdBy}, Token: token}
-	err := s.pool.QueryRow(ctx, `INSERT INTO api_keys (key_id, tenant_id, role, name, token_hash, created_by)
+	// In a request's unit the key exists only if the request's answer is recorded.
+	err := eventstore.InTx(ctx, s.pool, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, `INSERT INTO api_keys (key_id, tenant_id, role, name, token_hash, created_by)
 		VALUES ($1, $2, $3, $4, $5, $6) RETURNING created_at`,
-		keyID, tenantID, string(role), name, hash[:], createdBy).Scan(&k.CreatedAt)
+			keyID, tenantID, string(role), name, hash[:], createdBy).Scan(&k.CreatedAt)
+	})
 	if err != nil {
 		return IssuedKey{}, fmt.Errorf("api keys: insert: %w", err)
 	}
@@ -274,10 +278,12 @@ func (s *KeyStore) List(ctx context.Context, tenantID string) ([]APIKey, error) 
 func (s *KeyStore) Revoke(ctx context.Context, tenantID, keyID string) (APIKey, error) {
 	var k APIKey
 	var role string
-	err := s.pool.QueryRow(ctx, `UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now())
+	err := eventstore.InTx(ctx, s.pool, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, `UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now())
 		WHERE tenant_id = $1 AND key_id = $2
 		RETURNING key_id, tenant_id, role, name, created_by, created_at, revoked_at`, tenantID, keyID).
-		Scan(&k.KeyID, &k.TenantID, &role, &k.Name, &k.CreatedBy, &k.CreatedAt, &k.RevokedAt)
+			Scan(&k.KeyID, &k.TenantID, &role, &k.Name, &k.CreatedBy, &k.CreatedAt, &k.RevokedAt)
+	})
 	// Refused by this process from now on, before the notification comes back.
 	s.forget(keyID)
 	if errors.Is(err, pgx.ErrNoRows) {

@@ -18,6 +18,8 @@ import (
 	"github.com/gin-gonic/gin"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/twofactor/twofactor/eventstore"
 )
 
 // KeyDeriver is a keyed PRF under a server secret that never enters the
@@ -28,15 +30,27 @@ type KeyDeriver interface {
 
 // idempotency stores the first response to a mutating request carrying an
 // Idempotency-Key and replays it to every retry, so a retry appends nothing.
+//
+// The response is recorded in the same transaction as the command's writes (an
+// eventstore.Unit): the record row is claimed right after that transaction's
+// BEGIN and completed just before its COMMIT, and the answer reaches the client
+// only after the COMMIT. So after a crash at any point a retry either finds
+// nothing (nothing was committed: it runs the command once) or finds the
+// committed answer and replays it. A concurrent request with the same key
+// waits on the uncommitted claim and then replays the committed answer.
 type idempotency struct {
 	pool    *pgxpool.Pool
 	secrets KeyDeriver
 	ttl     time.Duration
 	now     func() time.Time
+	// Test hooks around the commit of a request's unit: a panic with
+	// http.ErrAbortHandler there is a crash at the worst moment.
+	beforeCommit, afterCommit func()
 }
 
-// staleAfter: a pending record older than this belongs to a request that died;
-// a retry may take it over.
+// staleAfter: a pending record older than this belongs to a request of an
+// earlier version that committed its claim apart from the command and died; a
+// retry may take it over. This version never commits a pending record.
 const staleAfter = time.Minute
 
 type storedResponse struct {
@@ -45,26 +59,43 @@ type storedResponse struct {
 	Body        []byte `json:"body"`
 }
 
-// captureWriter keeps a copy of the body written through it.
-type captureWriter struct {
+// bufferedWriter holds the whole response back until the request's
+// transaction has committed: an answer must never reach a client for writes
+// that may still roll back.
+type bufferedWriter struct {
 	gin.ResponseWriter
-	buf bytes.Buffer
+	status int
+	buf    bytes.Buffer
 }
 
-func (w *captureWriter) Write(b []byte) (int, error) {
-	w.buf.Write(b)
-	return w.ResponseWriter.Write(b)
+func (w *bufferedWriter) WriteHeader(code int) {
+	if code > 0 && w.status == 0 {
+		w.status = code
+	}
 }
-
-func (w *captureWriter) WriteString(s string) (int, error) {
-	w.buf.WriteString(s)
-	return w.ResponseWriter.WriteString(s)
+func (w *bufferedWriter) WriteHeaderNow() {}
+func (w *bufferedWriter) Write(b []byte) (int, error) {
+	w.WriteHeader(http.StatusOK)
+	return w.buf.Write(b)
+}
+func (w *bufferedWriter) WriteString(s string) (int, error) {
+	w.WriteHeader(http.StatusOK)
+	return w.buf.WriteString(s)
+}
+func (w *bufferedWriter) Written() bool { return w.status != 0 }
+func (w *bufferedWriter) Size() int     { return w.buf.Len() }
+func (w *bufferedWriter) Flush()        {}
+func (w *bufferedWriter) Status() int {
+	if w.status == 0 {
+		return http.StatusOK
+	}
+	return w.status
 }
 
 // middleware runs after authentication on mutating routes.
 func (a *API) idempotent(c *gin.Context) {
 	key := c.GetHeader("Idempotency-Key")
-	if key == "" {
+	if key == "" || c.Request.Method == http.MethodGet || c.Request.Method == http.MethodHead {
 		c.Next()
 		return
 	}
@@ -95,116 +126,210 @@ func (a *API) idempotent(c *gin.Context) {
 		fmt.Fprintf(fp, "%d:", len(part))
 		fp.Write(part)
 	}
-	fingerprint := fp.Sum(nil)
+	rec := idemRecord{lookup: lookup[:], tenant: tenant, fingerprint: fp.Sum(nil)}
 
 	ctx := c.Request.Context()
-	owned, stored, err := a.idem.claim(ctx, lookup[:], tenant, fingerprint)
+	stored, err := a.idem.find(ctx, rec)
 	if err != nil {
 		a.fail(c, err)
 		return
 	}
-	if !owned {
-		resp, err := open(secret, stored)
+	if stored != nil {
+		a.replay(c, secret, stored)
+		return
+	}
+
+	unit := eventstore.NewUnit(a.pool, func(ctx context.Context, tx pgx.Tx) error { return a.idem.claim(ctx, tx, rec) })
+	// Whatever happens below (a panic included), an uncommitted unit rolls back.
+	defer unit.Rollback(ctx)
+	headers := c.Writer.Header().Clone()
+	w := &bufferedWriter{ResponseWriter: c.Writer}
+	c.Writer = w
+	c.Request = c.Request.WithContext(eventstore.WithUnit(ctx, unit))
+	c.Next()
+	c.Writer = w.ResponseWriter
+	c.Request = c.Request.WithContext(ctx)
+
+	// The outcome is recorded even if the client has gone: that is the point.
+	done := context.WithoutCancel(ctx)
+	if errors.Is(unit.Err(), errIdempotentDone) {
+		// Another request with this key committed while this one decided.
+		unit.Rollback(done)
+		resetHeaders(c, headers)
+		stored, err := a.idem.find(done, rec)
+		if err == nil && stored == nil {
+			err = errors.New("idempotency: claimed record vanished")
+		}
 		if err != nil {
 			a.fail(c, err)
 			return
 		}
-		c.Header("Idempotent-Replayed", "true")
-		c.Header("Content-Type", resp.ContentType)
-		c.Status(resp.Status)
-		c.Writer.Write(resp.Body) //nolint:errcheck // the client went away
-		c.Abort()
+		a.replay(c, secret, stored)
 		return
 	}
-
-	w := &captureWriter{ResponseWriter: c.Writer}
-	c.Writer = w
-	c.Next()
-	c.Writer = w.ResponseWriter
-
-	// The outcome is recorded even if the client has gone: that is the point.
-	done := context.WithoutCancel(ctx)
 	status := w.Status()
 	if status >= 500 {
-		// Nothing decided: let a retry run again.
-		if err := a.idem.release(done, lookup[:]); err != nil {
-			a.log.ErrorContext(done, "idempotency release failed", "request_id", requestID(c), "error", err.Error())
-		}
+		// Nothing decided: whatever the request wrote rolls back and a retry runs again.
+		unit.Rollback(done)
+		a.flush(c, w)
 		return
 	}
 	sealed, err := seal(secret, storedResponse{Status: status, ContentType: w.Header().Get("Content-Type"), Body: w.buf.Bytes()})
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	if !unit.Begun() {
+		// Nothing was written, so nothing commits with the record: a retry that
+		// finds none only decides again what changed nothing. But this request
+		// may have decided from the state a concurrent one with the same key had
+		// just committed ("no enrolment pending" after that one confirmed it):
+		// that one's record is then committed too and is the answer.
+		recorded, err := a.idem.recordAlone(done, rec, status, sealed)
+		if err != nil {
+			a.log.WarnContext(done, "idempotency record failed", "request_id", requestID(c), "error", err.Error())
+		}
+		if err == nil && !recorded {
+			resetHeaders(c, headers)
+			stored, err := a.idem.find(done, rec)
+			if err != nil {
+				a.fail(c, err)
+				return
+			}
+			if stored != nil {
+				a.replay(c, secret, stored)
+				return
+			}
+		}
+		a.flush(c, w)
+		return
+	}
+	err = a.idem.complete(done, unit, rec, status, sealed)
+	if err == nil && a.idem.beforeCommit != nil {
+		a.idem.beforeCommit()
+	}
 	if err == nil {
-		err = a.idem.complete(done, lookup[:], status, sealed)
+		err = unit.Commit(done)
 	}
 	if err != nil {
-		a.log.ErrorContext(done, "idempotency record failed", "request_id", requestID(c), "error", err.Error())
+		// The writes and the record commit together or not at all; if the commit's
+		// outcome is unknown, a retry with the key finds out which it was.
+		unit.Rollback(done)
+		a.log.WarnContext(done, "request not committed", "request_id", requestID(c), "error", err.Error())
+		resetHeaders(c, headers)
+		a.fail(c, unavailable(err))
+		return
+	}
+	if a.idem.afterCommit != nil {
+		a.idem.afterCommit()
+	}
+	a.flush(c, w)
+}
+
+// errIdempotentDone: the claim found a committed record for the key.
+var errIdempotentDone = errors.New("idempotency: another request with this key has completed")
+
+type idemRecord struct {
+	lookup, fingerprint []byte
+	tenant              string
+}
+
+func (a *API) replay(c *gin.Context, secret, stored []byte) {
+	resp, err := open(secret, stored)
+	if err != nil {
+		a.fail(c, err)
+		return
+	}
+	c.Header("Idempotent-Replayed", "true")
+	c.Header("Content-Type", resp.ContentType)
+	c.Status(resp.Status)
+	c.Writer.Write(resp.Body) //nolint:errcheck // the client went away
+	c.Abort()
+}
+
+func (a *API) flush(c *gin.Context, w *bufferedWriter) {
+	c.Status(w.Status())
+	c.Writer.Write(w.buf.Bytes()) //nolint:errcheck // the client went away
+}
+
+// resetHeaders drops the headers of an answer that is not sent.
+func resetHeaders(c *gin.Context, saved http.Header) {
+	h := c.Writer.Header()
+	for k := range h {
+		delete(h, k)
+	}
+	for k, v := range saved {
+		h[k] = v
 	}
 }
 
-// claim inserts a pending record and reports whether this request owns it. If
-// another request has it, the stored sealed response is returned, or an error
-// for a different request under the same key or one still in progress.
-func (s *idempotency) claim(ctx context.Context, lookup []byte, tenant string, fingerprint []byte) (bool, []byte, error) {
+// find returns the sealed response recorded for the key, nil when there is
+// none (an expired record is deleted), or the error to answer: the key used for
+// another request, or a request of an earlier version still in progress.
+func (s *idempotency) find(ctx context.Context, rec idemRecord) ([]byte, error) {
 	for attempt := 0; attempt < 3; attempt++ {
-		tag, err := s.pool.Exec(ctx, `INSERT INTO idempotency_records (key_hash, tenant_id, fingerprint, state)
-			VALUES ($1, $2, $3, 'pending') ON CONFLICT (key_hash) DO NOTHING`, lookup, tenant, fingerprint)
-		if err != nil {
-			return false, nil, fmt.Errorf("idempotency: claim: %w", err)
-		}
-		if tag.RowsAffected() == 1 {
-			return true, nil, nil
-		}
 		var storedFP, response []byte
 		var state string
 		var created, updated time.Time
-		err = s.pool.QueryRow(ctx, `SELECT fingerprint, state, response, created_at, updated_at
-			FROM idempotency_records WHERE key_hash = $1`, lookup).Scan(&storedFP, &state, &response, &created, &updated)
+		err := s.pool.QueryRow(ctx, `SELECT fingerprint, state, response, created_at, updated_at
+			FROM idempotency_records WHERE key_hash = $1`, rec.lookup).Scan(&storedFP, &state, &response, &created, &updated)
 		if errors.Is(err, pgx.ErrNoRows) {
-			continue // released meanwhile
+			return nil, nil
 		}
 		if err != nil {
-			return false, nil, fmt.Errorf("idempotency: read: %w", err)
+			return nil, fmt.Errorf("idempotency: read: %w", err)
 		}
 		now := s.now()
-		if now.Sub(created) > s.ttl {
-			if _, err := s.pool.Exec(ctx, `DELETE FROM idempotency_records WHERE key_hash = $1 AND created_at = $2`, lookup, created); err != nil {
-				return false, nil, fmt.Errorf("idempotency: expire: %w", err)
+		stale := state == "pending" && now.Sub(updated) > staleAfter
+		if now.Sub(created) > s.ttl || stale {
+			if _, err := s.pool.Exec(ctx, `DELETE FROM idempotency_records WHERE key_hash = $1 AND updated_at = $2`, rec.lookup, updated); err != nil {
+				return nil, fmt.Errorf("idempotency: expire: %w", err)
 			}
 			continue
 		}
-		if subtle.ConstantTimeCompare(storedFP, fingerprint) != 1 {
-			return false, nil, newAPIError(http.StatusUnprocessableEntity, codeIdempotencyReused, "this Idempotency-Key was used for a different request")
+		if subtle.ConstantTimeCompare(storedFP, rec.fingerprint) != 1 {
+			return nil, newAPIError(http.StatusUnprocessableEntity, codeIdempotencyReused, "this Idempotency-Key was used for a different request")
 		}
 		if state == "done" {
-			return false, response, nil
-		}
-		if now.Sub(updated) > staleAfter {
-			tag, err := s.pool.Exec(ctx, `UPDATE idempotency_records SET updated_at = now()
-				WHERE key_hash = $1 AND state = 'pending' AND updated_at = $2`, lookup, updated)
-			if err != nil {
-				return false, nil, fmt.Errorf("idempotency: take over: %w", err)
-			}
-			if tag.RowsAffected() == 1 {
-				return true, nil, nil
-			}
-			continue
+			return response, nil
 		}
 		e := newAPIError(http.StatusConflict, codeIdempotencyPending, "a request with this Idempotency-Key is still in progress")
 		e.retryAfter = 1
-		return false, nil, e
+		return nil, e
 	}
-	return false, nil, errors.New("idempotency: record kept changing")
+	return nil, errors.New("idempotency: record kept changing")
 }
 
-func (s *idempotency) complete(ctx context.Context, lookup []byte, status int, sealed []byte) error {
-	_, err := s.pool.Exec(ctx, `UPDATE idempotency_records SET state = 'done', status = $2, response = $3, updated_at = now()
-		WHERE key_hash = $1`, lookup, status, sealed)
+// claim inserts the key's record, uncommitted, as the first write of the
+// request's transaction. A concurrent request with the same key blocks here
+// until this one commits (then it finds the record: errIdempotentDone) or rolls
+// back (then it claims the key itself).
+func (s *idempotency) claim(ctx context.Context, tx pgx.Tx, rec idemRecord) error {
+	tag, err := tx.Exec(ctx, `INSERT INTO idempotency_records (key_hash, tenant_id, fingerprint, state)
+		VALUES ($1, $2, $3, 'pending') ON CONFLICT (key_hash) DO NOTHING`, rec.lookup, rec.tenant, rec.fingerprint)
+	if err != nil {
+		return fmt.Errorf("idempotency: claim: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return errIdempotentDone
+	}
+	return nil
+}
+
+// complete records the answer in the request's transaction, completing its claim.
+func (s *idempotency) complete(ctx context.Context, unit *eventstore.Unit, rec idemRecord, status int, sealed []byte) error {
+	_, err := unit.Tx().Exec(ctx, `UPDATE idempotency_records SET state = 'done', status = $2, response = $3, updated_at = now()
+		WHERE key_hash = $1`, rec.lookup, status, sealed)
 	return err
 }
 
-func (s *idempotency) release(ctx context.Context, lookup []byte) error {
-	_, err := s.pool.Exec(ctx, `DELETE FROM idempotency_records WHERE key_hash = $1 AND state = 'pending'`, lookup)
-	return err
+// recordAlone records the answer of a request that wrote nothing and reports
+// whether it did; a record already there (a concurrent request with the same
+// key) is kept.
+func (s *idempotency) recordAlone(ctx context.Context, rec idemRecord, status int, sealed []byte) (bool, error) {
+	tag, err := s.pool.Exec(ctx, `INSERT INTO idempotency_records (key_hash, tenant_id, fingerprint, state, status, response)
+		VALUES ($1, $2, $3, 'done', $4, $5) ON CONFLICT (key_hash) DO NOTHING`, rec.lookup, rec.tenant, rec.fingerprint, status, sealed)
+	return err == nil && tag.RowsAffected() == 1, err
 }
 
 func (s *idempotency) purge(ctx context.Context) (int64, error) {

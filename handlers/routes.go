@@ -144,7 +144,8 @@ func (a *API) missingUser(c *gin.Context, err error) error {
 
 func (a *API) userExists(ctx context.Context, tenantID, userID string) (bool, error) {
 	var exists bool
-	err := a.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM events WHERE stream_id = $1)`,
+	// In a request's unit: its connection, which also sees the request's own events.
+	err := eventstore.Reader(ctx, a.pool).QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM events WHERE stream_id = $1)`,
 		eventstore.UserStream(tenantID, userID)).Scan(&exists)
 	return exists, err
 }

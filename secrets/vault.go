@@ -15,6 +15,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/twofactor/twofactor/eventstore"
 )
 
 // Purpose binds a ciphertext to what it holds; it is part of the GCM associated
@@ -144,7 +146,12 @@ func (v *Vault) Forget(ctx context.Context, tenantID, userID string) error {
 		return err
 	}
 	defer v.cache.evict(cacheKey{tenantID, userID})
-	if _, err := v.pool.Exec(ctx, `DELETE FROM user_data_keys WHERE tenant_id = $1 AND user_id = $2`, tenantID, userID); err != nil {
+	// Within a request's unit the key goes when the erasure event commits, not before.
+	err := eventstore.InOpenTx(ctx, v.pool, func(q eventstore.Querier) error {
+		_, err := q.Exec(ctx, `DELETE FROM user_data_keys WHERE tenant_id = $1 AND user_id = $2`, tenantID, userID)
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("secrets: forget data key: %w", err)
 	}
 	return nil
