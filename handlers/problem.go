@@ -10,6 +10,7 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/twofactor/twofactor/domain"
+	"github.com/twofactor/twofactor/eventstore"
 )
 
 // This file is the one place where an error becomes an HTTP response: an RFC 9457
@@ -73,7 +74,21 @@ const (
 	codeReadModelTimeout     = "read_model_timeout"
 	codeInternal             = "internal_error"
 	codeTimeout              = "timeout"
+	codeUnavailable          = "unavailable"
 )
+
+// unavailableError: the database could not be reached or lost the request
+// part-way; a retry (with the same Idempotency-Key for a write) is safe.
+type unavailableError struct{ err error }
+
+func (e *unavailableError) Error() string { return "unavailable: " + e.err.Error() }
+func (e *unavailableError) Unwrap() error { return e.err }
+
+func unavailable(err error) error { return &unavailableError{err: err} }
+
+// unavailableRetryAfter is long enough for a PostgreSQL restart or failover to
+// make progress, short enough for a login to wait.
+const unavailableRetryAfter = 1
 
 // API codes that differ from the domain's, named for a frontend.
 const (
@@ -149,6 +164,13 @@ func ProblemFor(err error, now time.Time) Problem {
 	case errors.Is(err, context.DeadlineExceeded):
 		return newProblem(http.StatusServiceUnavailable, codeTimeout, "the request took too long; retry")
 	}
+	var ue *unavailableError
+	if errors.As(err, &ue) || eventstore.Transient(err) {
+		p := newProblem(http.StatusServiceUnavailable, codeUnavailable, "the database is unavailable; retry")
+		n := unavailableRetryAfter
+		p.RetryAfterSeconds = &n
+		return p
+	}
 	de, ok := domain.AsError(err)
 	if !ok {
 		return newProblem(http.StatusInternalServerError, codeInternal, "")
@@ -187,8 +209,11 @@ func newProblem(status int, code, detail string) Problem {
 // logged with the request id and answered without detail.
 func (a *API) fail(c *gin.Context, err error) {
 	p := ProblemFor(err, a.now())
-	if p.Status >= 500 && p.Code == codeInternal {
+	switch {
+	case p.Status >= 500 && p.Code == codeInternal:
 		a.log.ErrorContext(c.Request.Context(), "request failed", "request_id", requestID(c), "route", c.FullPath(), "error", err.Error())
+	case p.Code == codeUnavailable:
+		a.log.WarnContext(c.Request.Context(), "database unavailable", "request_id", requestID(c), "route", c.FullPath(), "error", err.Error())
 	}
 	a.writeProblem(c, p)
 }
