@@ -70,10 +70,22 @@ func TestAPIKeyCacheForgetsARevokedKeyInEveryProcess(t *testing.T) {
 	pool := testdb.Pool(t)
 	ctx := context.Background()
 	a, b := handlers.NewKeyStore(pool, nil), handlers.NewKeyStore(pool, nil)
-	a.CacheWith(startListener(t, pool))
-	b.CacheWith(startListener(t, pool))
+	la, lb := startListener(t, pool), startListener(t, pool)
+	a.CacheWith(la)
+	b.CacheWith(lb)
+	_, aHeard := la.Wait(handlers.APIKeysChannel)
+	_, bHeard := lb.Wait(handlers.APIKeysChannel)
 	issued, err := a.Issue(ctx, "tenant-keycache", handlers.RoleApp, "app", "test")
 	must(t, err)
+	// The issue's own notification must be in before the caches fill, or it
+	// would empty them after (as it should) and the test below would read the table.
+	for _, heard := range []<-chan struct{}{aHeard, bHeard} {
+		select {
+		case <-heard:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the new key's notification never came")
+		}
+	}
 
 	for _, s := range []*handlers.KeyStore{a, b} {
 		k, err := s.Authenticate(ctx, issued.Token)
