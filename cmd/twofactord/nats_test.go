@@ -4,14 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"os"
 	"os/exec"
 	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -20,84 +17,6 @@ import (
 
 	"github.com/twofactor/twofactor/internal/testnats"
 )
-
-// workerProc is a `twofactord worker` subprocess.
-type workerProc struct {
-	t    *testing.T
-	bin  string
-	env  []string
-	addr string
-	cmd  *exec.Cmd
-	done chan error
-	logs *lockedBuffer
-	all  lockedBuffer // every run's logs
-}
-
-func startWorkerProc(t *testing.T, bin string, env []string) *workerProc {
-	t.Helper()
-	w := &workerProc{t: t, bin: bin, env: env, addr: "127.0.0.1:" + freePort(t)}
-	w.start()
-	t.Cleanup(func() {
-		w.stop()
-		if t.Failed() {
-			t.Logf("worker %s logs:\n%s", w.addr, w.all.String())
-		}
-	})
-	return w
-}
-
-func (w *workerProc) start() {
-	w.t.Helper()
-	w.logs = &lockedBuffer{}
-	w.cmd = exec.Command(w.bin, "worker", "--worker-addr", w.addr)
-	w.cmd.Env = w.env
-	out := io.MultiWriter(w.logs, &w.all)
-	w.cmd.Stdout, w.cmd.Stderr = out, out
-	if err := w.cmd.Start(); err != nil {
-		w.t.Fatal(err)
-	}
-	w.done = make(chan error, 1)
-	go func(cmd *exec.Cmd, done chan error) { done <- cmd.Wait() }(w.cmd, w.done)
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if code, err := httpGet("http://" + w.addr + "/readyz"); err == nil && code == 200 {
-			return
-		}
-		select {
-		case err := <-w.done:
-			w.t.Fatalf("worker exited: %v\n%s", err, w.logs.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			w.t.Fatalf("worker never ready\n%s", w.logs.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// kill is the worker's host dying: SIGKILL, no shutdown.
-func (w *workerProc) kill() {
-	_ = w.cmd.Process.Signal(syscall.SIGKILL)
-	<-w.done
-	w.cmd = nil
-}
-
-func (w *workerProc) stop() {
-	if w.cmd == nil {
-		return
-	}
-	_ = w.cmd.Process.Signal(os.Interrupt)
-	select {
-	case err := <-w.done:
-		if err != nil {
-			w.t.Errorf("worker exited with %v\n%s", err, w.logs.String())
-		}
-	case <-time.After(30 * time.Second):
-		_ = w.cmd.Process.Kill()
-		w.t.Errorf("worker did not stop within 30 s\n%s", w.logs.String())
-	}
-	w.cmd = nil
-}
 
 // readModel reads the user-status read model as text rows in key order.
 func readModel(t *testing.T, pool *pgxpool.Pool) map[string][]string {

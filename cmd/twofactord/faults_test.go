@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/pquerna/otp/totp"
 
@@ -27,7 +28,6 @@ type restartLoad struct {
 	t        *testing.T
 	base     string
 	app      string
-	logs     *lockedBuffer
 	client   *http.Client
 	failures atomic.Int64 // 503s and dropped connections: the outage was felt
 	mu       sync.Mutex
@@ -122,31 +122,14 @@ func (l *restartLoad) user(name string) bool {
 	return true
 }
 
-// PostgreSQL restarted (fast, then a crash) under load: clients see 503 with
-// Retry-After and never 500; every retried request ran exactly once; no event
-// reached the poison queue and the read side caught up.
-func TestPostgreSQLRestartUnderLoad(t *testing.T) {
-	bin := buildBinary(t)
-	pg := testdb.StartPrivate(t)
-	env := append(testEnv(t), "TWOFACTOR_DATABASE_URL="+pg.URLFor("twofactor"), "TWOFACTOR_KEY_RATE=-1", "TWOFACTOR_IP_RATE=-1")
-	srv := startServer(t, bin, env)
-
-	cmd := exec.Command(bin, "tenant", "create", "--name", "Restart", "--json")
-	cmd.Env = env
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("tenant create: %v", err)
-	}
-	var tenant struct {
-		TenantID string                            `json:"tenant_id"`
-		APIKeys  map[string]struct{ Token string } `json:"api_keys"`
-	}
-	if err := json.Unmarshal(out, &tenant); err != nil {
-		t.Fatal(err)
-	}
-	load := &restartLoad{t: t, base: srv.URL, app: tenant.APIKeys["app"].Token, logs: srv.Logs,
-		client: &http.Client{Timeout: 30 * time.Second}}
-
+// faultLoad runs workers that each enrol users and spend their backup codes
+// until disrupt returns, then checks what every fault test promises: no answer
+// the contract forbids, the faults were felt, and every retried request ran
+// exactly once.
+func faultLoad(t *testing.T, bin, base, dbURL string, env []string, logs func() string, disrupt func()) (tenant createdTenant, maxPos int64) {
+	t.Helper()
+	tenant = newTenant(t, bin, env)
+	load := &restartLoad{t: t, base: base, app: tenant.APIKeys["app"].Token, client: &http.Client{Timeout: 30 * time.Second}}
 	const workers = 6
 	stop := make(chan struct{})
 	var users sync.Map
@@ -162,47 +145,65 @@ func TestPostgreSQLRestartUnderLoad(t *testing.T) {
 				default:
 				}
 				name := fmt.Sprintf("w%d-u%d", w, n)
-				if load.user(name) {
-					users.Store(name, true)
-				} else {
+				if !load.user(name) {
 					return
 				}
+				users.Store(name, true)
 			}
 		}(w)
 	}
-	time.Sleep(2 * time.Second)
-	pg.Stop("fast") // an operator's restart: every connection is terminated
-	time.Sleep(time.Second)
-	pg.Start()
-	time.Sleep(2 * time.Second)
-	pg.Stop("immediate") // a crash: recovery at the next start
-	time.Sleep(time.Second)
-	pg.Start()
-	time.Sleep(2 * time.Second)
+	disrupt()
 	close(stop)
 	wg.Wait()
 
 	if len(load.bad) > 0 {
-		t.Fatalf("%d answers broke the contract, first: %s\nlogs:\n%s", len(load.bad), load.bad[0], errorLines(srv.Logs.String()))
+		t.Fatalf("%d answers broke the contract, first: %s\nlogs:\n%s", len(load.bad), load.bad[0], errorLines(logs()))
 	}
 	if load.failures.Load() == 0 {
-		t.Fatal("no request noticed the restarts: the test did not test anything")
+		t.Fatal("no request noticed the faults: the test did not test anything")
 	}
 	var names []string
 	users.Range(func(k, _ any) bool { names = append(names, k.(string)); return true })
 	if len(names) < workers {
 		t.Fatalf("only %d users completed", len(names))
 	}
+	checkExactlyOnce(t, dbURL, tenant.TenantID, names)
+	t.Logf("%d users, %d requests retried after 503 or a dropped connection", len(names), load.failures.Load())
+	return tenant, load.maxPos.Load()
+}
 
+type createdTenant struct {
+	TenantID string                            `json:"tenant_id"`
+	APIKeys  map[string]struct{ Token string } `json:"api_keys"`
+}
+
+func newTenant(t *testing.T, bin string, env []string) createdTenant {
+	t.Helper()
+	cmd := exec.Command(bin, "tenant", "create", "--name", "Faults", "--json")
+	cmd.Env = env
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("tenant create: %v", err)
+	}
+	var tenant createdTenant
+	if err := json.Unmarshal(out, &tenant); err != nil {
+		t.Fatal(err)
+	}
+	return tenant
+}
+
+// checkExactlyOnce: one enrolment, one set of codes, ten codes consumed and
+// nothing failed, for every user the load completed.
+func checkExactlyOnce(t *testing.T, dbURL, tenantID string, names []string) {
+	t.Helper()
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, pg.URLFor("twofactor"))
+	pool, err := pgxpool.New(ctx, dbURL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer pool.Close()
-	// Exactly once: one enrolment, one set of codes, ten codes consumed, nothing failed.
 	rows, err := pool.Query(ctx, `SELECT stream_id, event_type, count(*) FROM events WHERE tenant_id = $1 AND stream_id LIKE 'user:%'
-		GROUP BY stream_id, event_type`, tenant.TenantID)
+		GROUP BY stream_id, event_type`, tenantID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,32 +237,94 @@ func TestPostgreSQLRestartUnderLoad(t *testing.T) {
 			}
 		}
 	}
+}
 
-	// The read side follows: every event written is projected, none was parked.
-	admin := client{t: t, base: srv.URL, logs: srv.Logs}
+// caughtUp waits until serve is ready and its read side shows position, then
+// checks that no event was parked in the poison queue.
+func caughtUp(t *testing.T, base, dbURL string, tenant createdTenant, position int64, logs func() string) {
+	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		code, _ := httpGet(srv.URL + "/readyz")
+		code, _ := httpGet(base + "/readyz")
 		if code == http.StatusOK {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("not ready after the restarts\n%s", errorLines(srv.Logs.String()))
+			t.Fatalf("not ready after the faults\n%s", errorLines(logs()))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	list := admin.call("GET", fmt.Sprintf("/v1/coverage?min_position=%d", load.maxPos.Load()), tenant.APIKeys["admin"].Token, "admin:ops", nil, http.StatusOK)
-	if list == nil {
-		t.Fatal("no coverage")
+	admin := client{t: t, base: base}
+	admin.call("GET", fmt.Sprintf("/v1/coverage?min_position=%d", position), tenant.APIKeys["admin"].Token, "admin:ops", nil, http.StatusOK)
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
 	}
+	defer conn.Close(ctx)
 	var poisoned int
-	if err := pool.QueryRow(ctx, `SELECT count(*) FROM watermill_twofactor_poison`).Scan(&poisoned); err != nil {
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM watermill_twofactor_poison`).Scan(&poisoned); err != nil {
 		t.Fatal(err)
 	}
 	if poisoned != 0 {
-		t.Fatalf("%d events reached the poison queue\n%s", poisoned, errorLines(srv.Logs.String()))
+		t.Fatalf("%d events reached the poison queue\n%s", poisoned, errorLines(logs()))
 	}
-	t.Logf("%d users, %d requests retried after 503 or a dropped connection", len(names), load.failures.Load())
+}
+
+// PostgreSQL restarted (fast, then a crash) under load: clients see 503 with
+// Retry-After and never 500; every retried request ran exactly once; no event
+// reached the poison queue and the read side caught up.
+func TestPostgreSQLRestartUnderLoad(t *testing.T) {
+	bin := buildBinary(t)
+	pg := testdb.StartPrivate(t)
+	dbURL := pg.URLFor("twofactor")
+	env := append(testEnv(t), "TWOFACTOR_DATABASE_URL="+dbURL, "TWOFACTOR_KEY_RATE=-1", "TWOFACTOR_IP_RATE=-1")
+	srv := startServer(t, bin, env)
+	tenant, pos := faultLoad(t, bin, srv.URL, dbURL, env, srv.Logs.String, func() {
+		time.Sleep(2 * time.Second)
+		pg.Stop("fast") // an operator's restart: every connection is terminated
+		time.Sleep(time.Second)
+		pg.Start()
+		time.Sleep(2 * time.Second)
+		pg.Stop("immediate") // a crash: recovery at the next start
+		time.Sleep(time.Second)
+		pg.Start()
+		time.Sleep(2 * time.Second)
+	})
+	caughtUp(t, srv.URL, dbURL, tenant, pos, srv.Logs.String)
+}
+
+// serve SIGKILLed twice under load, its PostgreSQL backends going with its
+// connections, wherever each request was (before, inside, or after its
+// commit): retries with the same keys run each request exactly once.
+func TestServeKilledUnderLoad(t *testing.T) {
+	bin := buildBinary(t)
+	env := append(testEnv(t), "TWOFACTOR_KEY_RATE=-1", "TWOFACTOR_IP_RATE=-1")
+	dbURL := envValue(env, "TWOFACTOR_DATABASE_URL")
+	srv := startServeProc(t, bin, env)
+	base := "http://" + srv.addr
+	logs := func() string { return srv.all.String() }
+	tenant, pos := faultLoad(t, bin, base, dbURL, env, logs, func() {
+		for i := 0; i < 2; i++ {
+			time.Sleep(2 * time.Second)
+			srv.kill()
+			time.Sleep(300 * time.Millisecond)
+			srv.start()
+		}
+		time.Sleep(2 * time.Second)
+	})
+	caughtUp(t, base, dbURL, tenant, pos, logs)
+}
+
+// envValue is the last value of name in env, as exec uses it.
+func envValue(env []string, name string) string {
+	v := ""
+	for _, kv := range env {
+		if k, val, ok := strings.Cut(kv, "="); ok && k == name {
+			v = val
+		}
+	}
+	return v
 }
 
 func errorLines(logs string) string {
