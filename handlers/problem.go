@@ -161,6 +161,9 @@ func ProblemFor(err error, now time.Time) Problem {
 		return p
 	case errors.As(err, &mbe):
 		return newProblem(http.StatusRequestEntityTooLarge, codeBodyTooLarge, "the request body is too large")
+	case errors.Is(err, errIdempotentDone):
+		// Replaced by the committed answer before it is sent (idempotent).
+		return newProblem(http.StatusConflict, codeIdempotencyPending, "a request with this Idempotency-Key has completed")
 	case errors.Is(err, context.DeadlineExceeded):
 		return newProblem(http.StatusServiceUnavailable, codeTimeout, "the request took too long; retry")
 	}
