@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -164,4 +165,44 @@ func TestIdempotentRetryAfterCrashAroundCommit(t *testing.T) {
 	count("BackupCodesRegenerated", 2)
 	r.decode(&codes)
 	h.asUser("POST", user, "/verifications", map[string]any{"method": "backup_code", "code": codes.BackupCodes[0]}).want(200)
+}
+
+// Many copies of one request with one key at once: every copy gets the one
+// answer, and the code is consumed once.
+func TestConcurrentCopiesOfOneIdempotentRequest(t *testing.T) {
+	h := newHarness(t, nil)
+	tok, _ := h.app()
+	const user = "copies"
+	_, codes := h.enrolTOTP(user)
+	c := call{method: "POST", path: userPath(user, "/verifications"), token: tok,
+		body:   map[string]any{"method": "backup_code", "code": codes[0]},
+		header: map[string]string{"Idempotency-Key": "copies-1"}}
+	const n = 40
+	answers := make([]*result, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			_, answers[i], errs[i] = serve(t, h.api.Handler(), c)
+		}(i)
+	}
+	wg.Wait()
+	var body string
+	for i, r := range answers {
+		must(t, errs[i])
+		if r.code != http.StatusOK {
+			t.Fatalf("copy %d: %d %s", i, r.code, r.raw)
+		}
+		// The request id differs per copy; everything else is the first answer.
+		if body == "" {
+			body = string(r.raw)
+		} else if string(r.raw) != body {
+			t.Fatalf("two answers:\n%s\n%s", body, r.raw)
+		}
+	}
+	if n := h.CountEvents(user, "BackupCodeConsumed"); n != 1 {
+		t.Fatalf("%d codes consumed", n)
+	}
 }
