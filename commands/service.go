@@ -239,9 +239,15 @@ func (s *Service) restoreUser(ctx context.Context, tenantID, userID string, snap
 	return u, snap.Version, records, nil
 }
 
-// snapshotMAC binds a snapshot to its stream, version and schema under the server key.
 func (s *Service) snapshotMAC(stream string, version int64, schema int, state []byte) []byte {
-	return s.codes.Hash("snapshot:"+stream, fmt.Sprintf("%d|%d|%s", version, schema, state))
+	return SnapshotMAC(s.codes, stream, version, schema, state)
+}
+
+// SnapshotMAC binds a snapshot to its stream, version and schema under the server
+// key. Start-up recomputes it to tell whether the configured backup-code key is
+// the one in use (a database from before key fingerprints).
+func SnapshotMAC(codes *secrets.CodeHasher, stream string, version int64, schema int, state []byte) []byte {
+	return codes.Hash("snapshot:"+stream, fmt.Sprintf("%d|%d|%s", version, schema, state))
 }
 
 // saveSnapshot stores the state after a command. It is a cache: a failure only

@@ -80,6 +80,10 @@ func Apply(ctx context.Context, pool *pgxpool.Pool) ([]string, error) {
 		version INT PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())`); err != nil {
 		return nil, fmt.Errorf("create schema_migrations: %w", err)
 	}
+	// Under the lock: a newer binary migrating concurrently is seen too.
+	if err := checkNotNewer(ctx, conn, all); err != nil {
+		return nil, err
+	}
 	applied := map[int]bool{}
 	rows, err := conn.Query(ctx, "SELECT version FROM schema_migrations")
 	if err != nil {
@@ -112,7 +116,54 @@ func Apply(ctx context.Context, pool *pgxpool.Pool) ([]string, error) {
 	return done, nil
 }
 
-// Pending reports the migrations the database has not applied yet.
+// NewerSchemaError means the database was migrated by a newer twofactord, whose
+// schema this binary does not know: serving it could corrupt data.
+type NewerSchemaError struct {
+	Database int    // highest version in schema_migrations
+	Binary   int    // highest embedded migration
+	Name     string // its file name
+}
+
+func (e *NewerSchemaError) Error() string {
+	return fmt.Sprintf("the database schema is at version %d, newer than this twofactord's latest migration %d (%s): "+
+		"a newer twofactord migrated it; run that version or a later one", e.Database, e.Binary, e.Name)
+}
+
+type queryRower interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// CheckNotNewer returns a *NewerSchemaError if the database holds a migration
+// newer than every embedded one, and changes nothing.
+func CheckNotNewer(ctx context.Context, pool *pgxpool.Pool) error {
+	all, err := All()
+	if err != nil {
+		return err
+	}
+	return checkNotNewer(ctx, pool, all)
+}
+
+func checkNotNewer(ctx context.Context, q queryRower, all []Migration) error {
+	if len(all) == 0 {
+		return nil
+	}
+	var exists bool
+	if err := q.QueryRow(ctx, "SELECT to_regclass('schema_migrations') IS NOT NULL").Scan(&exists); err != nil || !exists {
+		return err
+	}
+	var newest *int
+	if err := q.QueryRow(ctx, "SELECT max(version) FROM schema_migrations").Scan(&newest); err != nil {
+		return fmt.Errorf("read the schema version: %w", err)
+	}
+	latest := all[len(all)-1]
+	if newest != nil && *newest > latest.Version {
+		return &NewerSchemaError{Database: *newest, Binary: latest.Version, Name: latest.Name}
+	}
+	return nil
+}
+
+// Pending reports the migrations the database has not applied yet, and fails
+// on a database migrated by a newer binary.
 func Pending(ctx context.Context, pool *pgxpool.Pool) ([]string, error) {
 	all, err := All()
 	if err != nil {
@@ -120,6 +171,9 @@ func Pending(ctx context.Context, pool *pgxpool.Pool) ([]string, error) {
 	}
 	var exists bool
 	if err := pool.QueryRow(ctx, "SELECT to_regclass('schema_migrations') IS NOT NULL").Scan(&exists); err != nil {
+		return nil, err
+	}
+	if err := checkNotNewer(ctx, pool, all); err != nil {
 		return nil, err
 	}
 	applied := map[int]bool{}

@@ -197,6 +197,14 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// devMasterKeyID is the id of the throwaway master key of --dev.
+const devMasterKeyID = "dev"
+
+// throwawayMasterKey and throwawayCodeKey: keys generates this key (--dev
+// without it), so it is gone when the process ends.
+func (c Config) throwawayMasterKey() bool { return c.Dev && c.MasterKeys == "" }
+func (c Config) throwawayCodeKey() bool   { return c.Dev && c.CodeKey == "" }
+
 // keys returns the keyring and the backup-code hasher. Without keys the service
 // refuses to start, except in development mode, which generates throwaway keys
 // and says so loudly: everything sealed with them is lost at exit.
@@ -207,7 +215,7 @@ func (c Config) keys(log *slog.Logger) (*secrets.Keyring, *secrets.CodeHasher, e
 		}
 		log.Warn("DEVELOPMENT MODE: generating throwaway keys; every secret sealed with them is unreadable after exit. Never use --dev in production.")
 		if c.MasterKeys == "" {
-			k, err := secrets.GenerateMasterKey(rand.Reader, "dev")
+			k, err := secrets.GenerateMasterKey(rand.Reader, devMasterKeyID)
 			if err != nil {
 				return nil, nil, err
 			}

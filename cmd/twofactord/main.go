@@ -25,7 +25,6 @@ import (
 	"github.com/twofactor/twofactor/domain"
 	"github.com/twofactor/twofactor/eventstore"
 	"github.com/twofactor/twofactor/handlers"
-	"github.com/twofactor/twofactor/migrations"
 	"github.com/twofactor/twofactor/secrets"
 )
 
@@ -181,7 +180,7 @@ func migrate(ctx context.Context, cfg Config, args []string, out io.Writer) erro
 		return err
 	}
 	defer pool.Close()
-	applied, err := migrations.Apply(ctx, pool)
+	applied, err := applyMigrations(ctx, cfg, pool)
 	if err != nil {
 		return err
 	}
@@ -210,7 +209,7 @@ func createTenant(ctx context.Context, cfg Config, args []string, out io.Writer)
 		return err
 	}
 	defer pool.Close()
-	if _, err := migrations.Apply(ctx, pool); err != nil {
+	if _, err := applyMigrations(ctx, cfg, pool); err != nil {
 		return err
 	}
 	// Creating a tenant seals nothing, so it needs no keys.
@@ -246,11 +245,13 @@ func rotateKeys(ctx context.Context, cfg Config, args []string, out io.Writer, l
 	if cfg.Dev {
 		return errors.New("keys rotate does not run in development mode")
 	}
-	ring, _, err := cfg.keys(log)
+	ring, hasher, err := cfg.keys(log)
 	if err != nil {
 		return err
 	}
-	pool, err := openDatabase(ctx, cfg.DatabaseURL)
+	// Checked like serve: a wrong old key re-wraps nothing, and the new first
+	// key is recorded before it wraps anything.
+	pool, _, err := openWithKeys(ctx, cfg, ring, hasher, log)
 	if err != nil {
 		return err
 	}

@@ -51,15 +51,11 @@ func serve(ctx context.Context, cfg Config, args []string, log *slog.Logger) err
 			defer stopDB()
 		}
 	}
-	pool, err := openDatabase(ctx, cfg.DatabaseURL)
+	pool, applied, err := openWithKeys(ctx, cfg, ring, hasher, log)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	applied, err := migrations.Apply(ctx, pool)
-	if err != nil {
-		return err
-	}
 	log.Info("migrations applied", "applied", len(applied))
 
 	// Consumers get their own context: they stop after the HTTP server has drained.

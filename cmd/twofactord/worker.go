@@ -37,15 +37,13 @@ func worker(ctx context.Context, cfg Config, args []string, log *slog.Logger) er
 	if err != nil {
 		return err
 	}
-	_ = hasher // the worker seals nothing; the key is still required so a misconfigured worker fails at start
-	pool, err := openDatabase(ctx, cfg.DatabaseURL)
+	// The worker seals nothing; the backup-code key is still required and
+	// checked, so that a misconfigured worker fails at start.
+	pool, _, err := openWithKeys(ctx, cfg, ring, hasher, log)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	if _, err := migrations.Apply(ctx, pool); err != nil {
-		return err
-	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	consumerCtx, stopConsumers := context.WithCancel(context.WithoutCancel(ctx))
