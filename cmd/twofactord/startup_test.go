@@ -37,15 +37,6 @@ func withEnv(env []string, pairs ...string) []string {
 	return out
 }
 
-func envValue(env []string, name string) string {
-	for _, kv := range env {
-		if v, ok := strings.CutPrefix(kv, name+"="); ok {
-			return v
-		}
-	}
-	return ""
-}
-
 // tablesDigest is the content of every table of the database, to compare
 // before and after a refused start.
 func tablesDigest(t *testing.T, pool *pgxpool.Pool) map[string]string {
