@@ -21,7 +21,7 @@ func (s *Service) SetContactAddress(ctx context.Context, meta Meta, cmd SetConta
 	var address string
 	if cmd.Address != "" {
 		var err error
-		if purpose, address, err = destinationPurpose(cmd.Method, cmd.Address); err != nil {
+		if purpose, address, err = destinationPurpose("address", cmd.Method, cmd.Address); err != nil {
 			return Result{}, err
 		}
 	}

@@ -29,8 +29,12 @@ type CodeSent struct {
 
 var e164 = regexp.MustCompile(`^\+[1-9][0-9]{6,14}$`)
 
-// destinationPurpose validates an address or number and names what seals it.
-func destinationPurpose(m domain.Method, destination string) (secrets.Purpose, string, error) {
+// destinationPurpose validates an address or number (the input named field)
+// and names what seals it.
+func destinationPurpose(field string, m domain.Method, destination string) (secrets.Purpose, string, error) {
+	if err := domain.CheckText(field, destination); err != nil {
+		return "", "", err
+	}
 	switch m {
 	case domain.MethodEmail:
 		addr, err := mail.ParseAddress(destination)
@@ -48,7 +52,7 @@ func destinationPurpose(m domain.Method, destination string) (secrets.Purpose, s
 }
 
 func (s *Service) StartOTPMethodSetup(ctx context.Context, meta Meta, cmd StartOTPMethodSetup) (CodeSent, error) {
-	purpose, destination, err := destinationPurpose(cmd.Method, cmd.Destination)
+	purpose, destination, err := destinationPurpose("destination", cmd.Method, cmd.Destination)
 	if err != nil {
 		return CodeSent{}, err
 	}

@@ -31,6 +31,14 @@ type TOTPEnrollment struct {
 }
 
 func (s *Service) StartTOTPEnrollment(ctx context.Context, meta Meta, cmd StartTOTPEnrollment) (TOTPEnrollment, error) {
+	// The account name is in no event, but it is in the URI and the QR code a
+	// phone stores.
+	if err := domain.CheckText("account_name", cmd.AccountName); err != nil {
+		return TOTPEnrollment{}, err
+	}
+	if len(cmd.AccountName) > 200 {
+		return TOTPEnrollment{}, domain.Invalid(domain.CodeInvalidArgument, "account_name must be at most 200 bytes")
+	}
 	var key *otp.Key
 	var expires time.Time
 	res, _, err := s.executeUser(ctx, meta, cmd.TenantID, cmd.UserID, func(ctx context.Context, u *domain.UserTwoFactor, env domain.Env) ([]domain.Event, error) {

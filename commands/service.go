@@ -65,6 +65,34 @@ type Meta struct {
 	Reason        string
 }
 
+// validate refuses metadata the log cannot store: it is written with every
+// event, so one NUL in a reason would fail every projector reading it.
+func (m Meta) validate() error {
+	if err := m.Actor.Validate(); err != nil {
+		return err
+	}
+	for _, f := range []struct{ name, value string }{
+		{"request_id", m.RequestID}, {"correlation_id", m.CorrelationID}, {"causation_id", m.CausationID},
+		{"key_id", m.KeyID}, {"reason", m.Reason},
+	} {
+		if err := domain.CheckText(f.name, f.value); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkEvents is the last check before an append: nothing unstorable is written,
+// whichever decision produced it.
+func checkEvents(events []domain.Event) error {
+	for _, e := range events {
+		if err := domain.CheckEvent(e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (m Meta) metadata(now time.Time) eventstore.Metadata {
 	correlation := m.CorrelationID
 	if correlation == "" {
@@ -116,6 +144,9 @@ func (s *Service) executeUser(ctx context.Context, meta Meta, tenantID, userID s
 		if len(events) == 0 {
 			return Result{}, u, decided
 		}
+		if err := checkEvents(events); err != nil {
+			return Result{}, nil, err
+		}
 		appended, err := s.store.AppendAfter(ctx, tenantID, stream, u.Version(), head, events, meta.metadata(now))
 		if errors.Is(err, eventstore.ErrConcurrency) {
 			if attempt+1 >= s.retries {
@@ -149,7 +180,7 @@ func backoff(ctx context.Context, attempt int) {
 }
 
 func validateTarget(meta Meta, tenantID, userID string) error {
-	if err := meta.Actor.Validate(); err != nil {
+	if err := meta.validate(); err != nil {
 		return err
 	}
 	if meta.Actor.Kind == domain.ActorAuditor {

@@ -23,7 +23,7 @@ func (s *Service) SwitchMethod(ctx context.Context, meta Meta, cmd SwitchMethod)
 	var destination string
 	if cmd.Destination != "" {
 		var err error
-		if purpose, destination, err = destinationPurpose(cmd.To, cmd.Destination); err != nil {
+		if purpose, destination, err = destinationPurpose("destination", cmd.To, cmd.Destination); err != nil {
 			return Result{}, err
 		}
 	}

@@ -23,7 +23,7 @@ type TenantCreated struct {
 }
 
 func (s *Service) CreateTenant(ctx context.Context, meta Meta, cmd CreateTenant) (TenantCreated, error) {
-	if err := meta.Actor.Validate(); err != nil {
+	if err := meta.validate(); err != nil {
 		return TenantCreated{}, err
 	}
 	var raw [16]byte
@@ -43,6 +43,9 @@ func (s *Service) CreateTenant(ctx context.Context, meta Meta, cmd CreateTenant)
 	}
 	t := domain.NewTenantPolicy(id.String())
 	events, err := t.Create(meta.Actor, cmd.Name, policy)
+	if err == nil {
+		err = checkEvents(events)
+	}
 	if err != nil {
 		return TenantCreated{}, err
 	}
@@ -61,7 +64,7 @@ type ChangeTenantPolicy struct {
 }
 
 func (s *Service) ChangeTenantPolicy(ctx context.Context, meta Meta, cmd ChangeTenantPolicy) (Result, error) {
-	if err := meta.Actor.Validate(); err != nil {
+	if err := meta.validate(); err != nil {
 		return Result{}, err
 	}
 	if err := domain.ValidateIdentifier("tenant id", cmd.TenantID); err != nil {
@@ -73,6 +76,9 @@ func (s *Service) ChangeTenantPolicy(ctx context.Context, meta Meta, cmd ChangeT
 			return Result{}, err
 		}
 		events, err := t.ChangePolicy(meta.Actor, cmd.Policy)
+		if err == nil {
+			err = checkEvents(events)
+		}
 		if err != nil {
 			return Result{}, err
 		}

@@ -3,7 +3,6 @@ package domain
 import (
 	"strings"
 	"unicode"
-	"unicode/utf8"
 )
 
 // ActorKind says on whose authority a command runs.
@@ -81,7 +80,10 @@ func ParseMethod(s string) (Method, error) {
 // non-space UTF-8. The ids end up in stream ids and logs, so control characters
 // and separators are refused.
 func ValidateIdentifier(what, id string) error {
-	if id == "" || len(id) > 200 || !utf8.ValidString(id) {
+	if err := CheckText(strings.ReplaceAll(what, " ", "_"), id); err != nil {
+		return err
+	}
+	if id == "" || len(id) > 200 {
 		return Invalid(CodeInvalidArgument, what+" must be 1-200 bytes of UTF-8")
 	}
 	if strings.IndexFunc(id, func(r rune) bool { return !unicode.IsPrint(r) || unicode.IsSpace(r) }) >= 0 {

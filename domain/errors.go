@@ -27,6 +27,9 @@ type Error struct {
 	AttemptsRemaining int
 	// RetryAfterSeconds is set on lockouts and rate limits.
 	RetryAfterSeconds int
+	// Field names the input at fault (a JSON name such as "issuer_name"), so a
+	// client can point at it; empty when the error is not about one input.
+	Field string
 }
 
 func (e *Error) Error() string {
@@ -98,6 +101,7 @@ const (
 	CodeNothingToChange      = "nothing_to_change"
 	CodeInvalidPolicy        = "invalid_policy"
 	CodeInvalidArgument      = "invalid_argument"
+	CodeInvalidInput         = "invalid_input"
 	CodeTenantExists         = "tenant_exists"
 	CodeSelfReset            = "self_reset_requires_superadmin"
 	CodeConcurrentChange     = "concurrent_modification"

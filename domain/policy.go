@@ -82,6 +82,13 @@ const MaxConsecutiveFailures = 100
 // Validate refuses a policy that would weaken the service below its floor.
 func (p Policy) Validate() error {
 	bad := func(detail string) error { return Invalid(CodeInvalidPolicy, detail) }
+	for _, f := range []struct{ name, value string }{
+		{"issuer_name", p.IssuerName}, {"support_contact", p.SupportContact}, {"mail_from", p.MailFrom},
+	} {
+		if err := CheckText(f.name, f.value); err != nil {
+			return err
+		}
+	}
 	switch {
 	case p.IssuerName == "" || len(p.IssuerName) > 100:
 		return bad("issuer_name must be 1-100 bytes")
@@ -182,6 +189,9 @@ func (t *TenantPolicy) Create(actor Actor, name string, policy Policy) ([]Event,
 	}
 	if t.exists {
 		return nil, Conflict(CodeTenantExists, "tenant already exists")
+	}
+	if err := CheckText("name", name); err != nil {
+		return nil, err
 	}
 	if name == "" || len(name) > 200 {
 		return nil, Invalid(CodeInvalidArgument, "tenant name must be 1-200 bytes")

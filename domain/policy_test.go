@@ -79,7 +79,6 @@ func TestPolicyValidate(t *testing.T) {
 		{"mail_from an address", func(p *Policy) { p.MailFrom = "security@acme.example" }, true},
 		{"mail_from without @", func(p *Policy) { p.MailFrom = "acme.example" }, false},
 		{"mail_from with a display name", func(p *Policy) { p.MailFrom = "Acme <security@acme.example>" }, false},
-		{"mail_from with a header injection", func(p *Policy) { p.MailFrom = "a@acme.example\r\nBcc: x@evil.example" }, false},
 		{"mail_from with two @", func(p *Policy) { p.MailFrom = "a@b@acme.example" }, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

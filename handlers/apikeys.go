@@ -140,8 +140,14 @@ func (s *KeyStore) Issue(ctx context.Context, tenantID string, role Role, name, 
 	if err := domain.ValidateIdentifier("tenant id", tenantID); err != nil {
 		return IssuedKey{}, err
 	}
+	if err := domain.CheckText("name", name); err != nil {
+		return IssuedKey{}, err
+	}
 	if len(name) > 200 {
 		return IssuedKey{}, domain.Invalid(domain.CodeInvalidArgument, "name must be at most 200 bytes")
+	}
+	if err := domain.CheckText("created_by", createdBy); err != nil {
+		return IssuedKey{}, err
 	}
 	var idRaw [10]byte
 	var secret [32]byte
@@ -177,7 +183,7 @@ func (s *KeyStore) Authenticate(ctx context.Context, token string) (APIKey, erro
 		return APIKey{}, errBadToken
 	}
 	keyID, _, ok := strings.Cut(rest, "_")
-	if !ok || len(keyID) != 16 {
+	if !ok || !validKeyID(keyID) {
 		return APIKey{}, errBadToken
 	}
 	hash := sha256.Sum256([]byte(token))
@@ -274,8 +280,25 @@ func (s *KeyStore) List(ctx context.Context, tenantID string) ([]APIKey, error) 
 	return out, rows.Err()
 }
 
+// validKeyID: what Issue makes. Anything else is no key, and is not sent to
+// the database, which refuses bytes that are not UTF-8 with an error.
+func validKeyID(id string) bool {
+	if len(id) != 16 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if !(id[i] >= 'a' && id[i] <= 'z') && !(id[i] >= '2' && id[i] <= '7') {
+			return false
+		}
+	}
+	return true
+}
+
 // Revoke disables a key of a tenant at once. A key of another tenant is not found.
 func (s *KeyStore) Revoke(ctx context.Context, tenantID, keyID string) (APIKey, error) {
+	if !validKeyID(keyID) {
+		return APIKey{}, domain.NotFound("api_key_not_found", "API key not found")
+	}
 	var k APIKey
 	var role string
 	err := eventstore.InTx(ctx, s.pool, func(tx pgx.Tx) error {

@@ -11,6 +11,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/gin-gonic/gin"
+
+	"github.com/twofactor/twofactor/domain"
 )
 
 // bind decodes a JSON object body strictly: valid UTF-8, an object at the top,
@@ -36,14 +38,16 @@ func decodeStrict(body []byte, dst any, optional bool) error {
 		}
 		return newAPIError(http.StatusBadRequest, codeInvalidJSON, "a JSON object body is required")
 	}
-	if !utf8.Valid(trimmed) {
-		return newAPIError(http.StatusBadRequest, codeInvalidJSON, "the body is not valid UTF-8")
-	}
 	if trimmed[0] != '{' {
 		return newAPIError(http.StatusBadRequest, codeInvalidJSON, "the body must be a JSON object")
 	}
-	if err := checkDuplicateKeys(trimmed); err != nil {
+	if err := checkKeysAndText(trimmed); err != nil {
 		return err
+	}
+	// A guard only: checkKeysAndText names invalid UTF-8 in a string, and
+	// anywhere else the JSON does not parse.
+	if !utf8.Valid(trimmed) {
+		return newAPIError(http.StatusBadRequest, codeInvalidJSON, "the body is not valid UTF-8")
 	}
 	dec := json.NewDecoder(bytes.NewReader(trimmed))
 	dec.DisallowUnknownFields()
@@ -92,19 +96,35 @@ func jsonTypeName(kind string) string {
 	return "of another type"
 }
 
-// checkDuplicateKeys refuses an object with a key twice at any depth: parsers
-// disagree on which one wins.
-func checkDuplicateKeys(body []byte) error {
+// checkKeysAndText refuses an object with a key twice at any depth (parsers
+// disagree on which one wins) and any key or string that no input may hold
+// (domain.CheckText), naming it by its path: escapes such as \u0000 are
+// decoded first, and invalid UTF-8, which the decoder silently replaces, is
+// looked for in the raw bytes of each string.
+func checkKeysAndText(body []byte) error {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
-	var walk func(depth int) error
-	walk = func(depth int) error {
+	text := func(field, s string, start int64) error {
+		if !utf8.Valid(body[start:dec.InputOffset()]) {
+			return invalidInput("body", domain.InvalidInput(field, field+" is not valid UTF-8"))
+		}
+		if err := domain.CheckText(field, s); err != nil {
+			return invalidInput("body", err)
+		}
+		return nil
+	}
+	var walk func(depth int, field string) error
+	walk = func(depth int, field string) error {
 		if depth > 32 {
 			return newAPIError(http.StatusBadRequest, codeInvalidJSON, "the JSON nests too deeply")
 		}
+		start := dec.InputOffset()
 		tok, err := dec.Token()
 		if err != nil {
 			return jsonError(err)
+		}
+		if s, ok := tok.(string); ok {
+			return text(field, s, start)
 		}
 		d, ok := tok.(json.Delim)
 		if !ok {
@@ -114,22 +134,27 @@ func checkDuplicateKeys(body []byte) error {
 		case '{':
 			seen := map[string]bool{}
 			for dec.More() {
+				start := dec.InputOffset()
 				kt, err := dec.Token()
 				if err != nil {
 					return jsonError(err)
 				}
 				k, _ := kt.(string)
+				member := joinField(field, k)
+				if err := text(member, k, start); err != nil {
+					return err
+				}
 				if seen[k] {
 					return newAPIError(http.StatusBadRequest, codeInvalidJSON, fmt.Sprintf("key %q appears twice", k))
 				}
 				seen[k] = true
-				if err := walk(depth + 1); err != nil {
+				if err := walk(depth+1, member); err != nil {
 					return err
 				}
 			}
 		case '[':
-			for dec.More() {
-				if err := walk(depth + 1); err != nil {
+			for i := 0; dec.More(); i++ {
+				if err := walk(depth+1, fmt.Sprintf("%s[%d]", field, i)); err != nil {
 					return err
 				}
 			}
@@ -139,5 +164,5 @@ func checkDuplicateKeys(body []byte) error {
 		}
 		return nil
 	}
-	return walk(0)
+	return walk(0, "")
 }

@@ -38,6 +38,18 @@ type Problem struct {
 	AttemptsRemaining *int       `json:"attempts_remaining,omitempty"`
 	LockedUntil       *time.Time `json:"locked_until,omitempty"`
 	RetryAfterSeconds *int       `json:"retry_after_seconds,omitempty"`
+	// InvalidParams names the inputs at fault (RFC 9457's example extension).
+	InvalidParams []InvalidParam `json:"invalid_params,omitempty"`
+}
+
+// InvalidParam is one refused input.
+type InvalidParam struct {
+	// Name is the field: a JSON name or dotted path ("policy.issuer_name"), a
+	// path parameter ("user_id"), a query parameter or a header ("X-Actor").
+	Name string `json:"name"`
+	// In is body, path, query or header, when the HTTP layer knows it.
+	In     string `json:"in,omitempty"`
+	Reason string `json:"reason"`
 }
 
 // apiError is an error decided by the HTTP layer itself (authentication, limits, bad bodies).
@@ -46,12 +58,25 @@ type apiError struct {
 	code       string
 	detail     string
 	retryAfter int
+	params     []InvalidParam
 }
 
 func (e *apiError) Error() string { return e.code + ": " + e.detail }
 
 func newAPIError(status int, code, detail string) *apiError {
 	return &apiError{status: status, code: code, detail: detail}
+}
+
+// invalidInput is input refused at the boundary for its characters; where is
+// body, path, query or header.
+func invalidInput(where string, err error) error {
+	de, ok := domain.AsError(err)
+	if !ok || de.Field == "" {
+		return err
+	}
+	e := newAPIError(http.StatusBadRequest, domain.CodeInvalidInput, de.Detail)
+	e.params = []InvalidParam{{Name: de.Field, In: where, Reason: de.Detail}}
+	return e
 }
 
 // HTTP-layer codes.
@@ -134,6 +159,7 @@ var domainCodes = map[string]mapping{
 	domain.CodeNothingToChange:      {http.StatusConflict, domain.CodeNothingToChange, false},
 	domain.CodeInvalidPolicy:        {http.StatusBadRequest, domain.CodeInvalidPolicy, false},
 	domain.CodeInvalidArgument:      {http.StatusBadRequest, domain.CodeInvalidArgument, false},
+	domain.CodeInvalidInput:         {http.StatusBadRequest, domain.CodeInvalidInput, false},
 	domain.CodeTenantExists:         {http.StatusConflict, domain.CodeTenantExists, false},
 	domain.CodeConcurrentChange:     {http.StatusConflict, domain.CodeConcurrentChange, false},
 	domain.CodeMethodAlreadyEnabled: {http.StatusConflict, domain.CodeMethodAlreadyEnabled, false},
@@ -158,6 +184,7 @@ func ProblemFor(err error, now time.Time) Problem {
 		if ae.retryAfter > 0 {
 			p.RetryAfterSeconds = &ae.retryAfter
 		}
+		p.InvalidParams = ae.params
 		return p
 	case errors.As(err, &mbe):
 		return newProblem(http.StatusRequestEntityTooLarge, codeBodyTooLarge, "the request body is too large")
@@ -188,6 +215,9 @@ func ProblemFor(err error, now time.Time) Problem {
 	p := newProblem(m.status, m.code, de.Detail)
 	if m.family {
 		p.Reason = de.Code
+	}
+	if de.Field != "" {
+		p.InvalidParams = []InvalidParam{{Name: de.Field, Reason: de.Detail}}
 	}
 	if de.AttemptsRemaining >= 0 {
 		n := de.AttemptsRemaining
@@ -223,7 +253,8 @@ func (a *API) fail(c *gin.Context, err error) {
 
 func (a *API) writeProblem(c *gin.Context, p Problem) {
 	p.RequestID = requestID(c)
-	p.Instance = c.Request.URL.Path
+	// Escaped, as a URI reference is: a refused path id is not echoed decoded.
+	p.Instance = c.Request.URL.EscapedPath()
 	if p.RetryAfterSeconds != nil {
 		c.Header("Retry-After", strconv.Itoa(*p.RetryAfterSeconds))
 	}

@@ -27,7 +27,7 @@ func (a *API) routes() {
 	e.GET("/metrics", a.metrics.handler())
 	e.GET("/openapi.yaml", a.openapiDoc)
 
-	v1 := e.Group("/v1", a.ipLimit)
+	v1 := e.Group("/v1", a.ipLimit, a.inputRules)
 
 	op := v1.Group("/operator", a.operator, a.idempotent)
 	op.POST("/tenants", a.operatorCreateTenant)
