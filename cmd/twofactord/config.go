@@ -5,9 +5,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/twofactor/twofactor/notifier"
@@ -200,33 +203,34 @@ func (c Config) Validate() error {
 // devMasterKeyID is the id of the throwaway master key of --dev.
 const devMasterKeyID = "dev"
 
-// throwawayMasterKey and throwawayCodeKey: keys generates this key (--dev
-// without it), so it is gone when the process ends.
+// throwawayMasterKey and throwawayCodeKey: keys takes this key from the
+// development keys file (--dev without it).
 func (c Config) throwawayMasterKey() bool { return c.Dev && c.MasterKeys == "" }
 func (c Config) throwawayCodeKey() bool   { return c.Dev && c.CodeKey == "" }
 
+// devKeysFile keeps the keys --dev generates beside the development database's
+// folder, so that the next `serve --dev` opens what the last one sealed.
+func (c Config) devKeysFile() string { return filepath.Join(filepath.Dir(c.DevDataDir), "keys") }
+
 // keys returns the keyring and the backup-code hasher. Without keys the service
-// refuses to start, except in development mode, which generates throwaway keys
-// and says so loudly: everything sealed with them is lost at exit.
+// refuses to start, except in development mode, which uses the keys of its
+// keys file (made on first use) and says so loudly.
 func (c Config) keys(log *slog.Logger) (*secrets.Keyring, *secrets.CodeHasher, error) {
 	if c.MasterKeys == "" || c.CodeKey == "" {
 		if !c.Dev {
 			return nil, nil, errors.New("TWOFACTOR_MASTER_KEYS and TWOFACTOR_CODE_KEY are required (or --dev for throwaway keys)")
 		}
-		log.Warn("DEVELOPMENT MODE: generating throwaway keys; every secret sealed with them is unreadable after exit. Never use --dev in production.")
+		master, code, created, err := devKeys(c.devKeysFile())
+		if err != nil {
+			return nil, nil, fmt.Errorf("--dev keys file %s: %w", c.devKeysFile(), err)
+		}
+		log.Warn("DEVELOPMENT MODE: throwaway keys, kept in plain text in the development keys file; never use --dev in production",
+			"keys_file", c.devKeysFile(), "created", created)
 		if c.MasterKeys == "" {
-			k, err := secrets.GenerateMasterKey(rand.Reader, devMasterKeyID)
-			if err != nil {
-				return nil, nil, err
-			}
-			c.MasterKeys = k.String()
+			c.MasterKeys = master
 		}
 		if c.CodeKey == "" {
-			k, err := secrets.GenerateMasterKey(rand.Reader, "code")
-			if err != nil {
-				return nil, nil, err
-			}
-			c.CodeKey = k.String()[len("code:"):]
+			c.CodeKey = code
 		}
 	}
 	ring, err := secrets.ParseMasterKeys(c.MasterKeys)
@@ -238,4 +242,44 @@ func (c Config) keys(log *slog.Logger) (*secrets.Keyring, *secrets.CodeHasher, e
 		return nil, nil, fmt.Errorf("TWOFACTOR_CODE_KEY: %w", err)
 	}
 	return ring, hasher, nil
+}
+
+// devKeys reads the development keys file, or makes it (mode 0600) with new
+// keys: a master key line and a code key line.
+func devKeys(path string) (master, code string, created bool, err error) {
+	if b, err := os.ReadFile(path); err == nil {
+		lines := strings.Fields(string(b))
+		if len(lines) != 2 {
+			return "", "", false, errors.New("want two lines, a master key (id:base64) and a code key (base64); delete the file for new keys")
+		}
+		return lines[0], lines[1], false, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return "", "", false, err
+	}
+	mk, err := secrets.GenerateMasterKey(rand.Reader, devMasterKeyID)
+	if err != nil {
+		return "", "", false, err
+	}
+	ck, err := secrets.GenerateMasterKey(rand.Reader, "code")
+	if err != nil {
+		return "", "", false, err
+	}
+	master, code = mk.String(), ck.String()[len("code:"):]
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return "", "", false, err
+	}
+	// O_EXCL: two processes starting at once agree on the first one's keys.
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		time.Sleep(100 * time.Millisecond)
+		return devKeys(path)
+	}
+	if err != nil {
+		return "", "", false, err
+	}
+	if _, err := fmt.Fprintf(f, "%s\n%s\n", master, code); err != nil {
+		f.Close()
+		return "", "", false, err
+	}
+	return master, code, true, f.Close()
 }

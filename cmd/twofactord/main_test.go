@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -105,6 +106,7 @@ func TestServeRefusesToStartWithoutKeys(t *testing.T) {
 
 func TestServeInDevModeMigratesAndAnswersHealthChecks(t *testing.T) {
 	t.Setenv("TWOFACTOR_DATABASE_URL", testdb.Fresh(t))
+	t.Setenv("TWOFACTOR_DEV_DATA_DIR", filepath.Join(t.TempDir(), "postgres")) // its keys file goes beside it
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {

@@ -87,7 +87,9 @@ func testEnv(t *testing.T, extra ...string) []string {
 		}
 	}
 	env = append(env, "TWOFACTOR_DATABASE_URL="+testdb.Fresh(t), "TWOFACTOR_MASTER_KEYS="+mk.String(),
-		"TWOFACTOR_CODE_KEY="+base64.StdEncoding.EncodeToString(code), "TWOFACTOR_HTTP_ADDR=127.0.0.1:0")
+		"TWOFACTOR_CODE_KEY="+base64.StdEncoding.EncodeToString(code), "TWOFACTOR_HTTP_ADDR=127.0.0.1:0",
+		// where --dev keeps its keys file
+		"TWOFACTOR_DEV_DATA_DIR="+filepath.Join(t.TempDir(), "dev", "postgres"))
 	return append(env, extra...)
 }
 
@@ -258,7 +260,7 @@ func TestServeDevStartsAPrivatePostgreSQLWhenNothingAnswers(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	for _, want := range []string{"DEVELOPMENT MODE: generating throwaway keys", "DEVELOPMENT MODE: nothing answers at the database URL"} {
+	for _, want := range []string{"DEVELOPMENT MODE: throwaway keys", "DEVELOPMENT MODE: nothing answers at the database URL"} {
 		if !strings.Contains(logs.String(), want) {
 			t.Errorf("the log does not say %q:\n%s", want, logs.String())
 		}

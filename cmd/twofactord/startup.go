@@ -86,9 +86,9 @@ func refusal(cfg Config, headline string, err error) error {
 	var lines []string
 	switch {
 	case cfg.throwawayMasterKey() && slices.Contains(keys.Mismatched, devMasterKeyID):
-		lines = append(lines, "DEVELOPMENT MODE: this database holds data of an earlier --dev run, sealed under throwaway keys that are gone: "+
-			"use another database (TWOFACTOR_DATABASE_URL), or drop this one (or remove the --dev-data-dir folder) to start afresh; "+
-			"to keep data across runs, set TWOFACTOR_MASTER_KEYS and TWOFACTOR_CODE_KEY")
+		lines = append(lines, "DEVELOPMENT MODE: this database holds data of an earlier --dev run, sealed under throwaway keys that are not the ones in "+
+			cfg.devKeysFile()+" (deleted or replaced since): put that run's keys file back, use another database (TWOFACTOR_DATABASE_URL), "+
+			"or drop this one (or remove the --dev-data-dir folder) to start afresh")
 	case cfg.throwawayMasterKey() || cfg.throwawayCodeKey():
 		lines = append(lines, "DEVELOPMENT MODE: --dev generated throwaway keys, but this database was used with keys of its own: "+
 			"set them (TWOFACTOR_MASTER_KEYS, TWOFACTOR_CODE_KEY), or use another database (TWOFACTOR_DATABASE_URL)")

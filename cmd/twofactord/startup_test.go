@@ -6,7 +6,9 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -302,17 +304,28 @@ func TestStartupChecksKeysOfADatabaseFromBeforeKeyChecks(t *testing.T) {
 	}
 }
 
-// --dev generates new throwaway keys at every start: a database that an
-// earlier --dev run used is refused, saying why and what to do.
-func TestServeDevRefusesTheDatabaseOfAnEarlierDevRun(t *testing.T) {
+// --dev keeps its throwaway keys in a file beside the development database:
+// a second run opens what the first sealed; a database of a run whose keys
+// file is gone is refused, saying why and what to do.
+func TestServeDevKeepsItsKeysAndRefusesTheDatabaseOfLostKeys(t *testing.T) {
 	bin := buildBinary(t)
-	env := withEnv(testEnv(t), "TWOFACTOR_MASTER_KEYS=", "TWOFACTOR_CODE_KEY=", "TWOFACTOR_MAIL_DIR="+t.TempDir())
+	devDir := filepath.Join(t.TempDir(), "dev")
+	env := withEnv(testEnv(t), "TWOFACTOR_MASTER_KEYS=", "TWOFACTOR_CODE_KEY=", "TWOFACTOR_MAIL_DIR="+t.TempDir(),
+		"TWOFACTOR_DEV_DATA_DIR="+filepath.Join(devDir, "postgres"))
 	pool, err := pgxpool.New(context.Background(), envValue(env, "TWOFACTOR_DATABASE_URL"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer pool.Close()
 	t.Run("first run", func(t *testing.T) { startServer(t, bin, env, "--dev") })
+	keysFile := filepath.Join(devDir, "keys")
+	if fi, err := os.Stat(keysFile); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("keys file: %v %v", fi, err)
+	}
+	t.Run("second run", func(t *testing.T) { startServer(t, bin, env, "--dev") })
+	if err := os.Remove(keysFile); err != nil {
+		t.Fatal(err)
+	}
 	refused(t, pool, bin, env, []string{"serve", "--dev"}, "DEVELOPMENT MODE: this database holds data of an earlier --dev run",
-		"TWOFACTOR_DATABASE_URL", "TWOFACTOR_MASTER_KEYS and TWOFACTOR_CODE_KEY")
+		"TWOFACTOR_DATABASE_URL", keysFile)
 }

@@ -31,7 +31,7 @@ func worker(ctx context.Context, cfg Config, args []string, log *slog.Logger) er
 		return err
 	}
 	if cfg.Dev && (cfg.MasterKeys == "" || cfg.CodeKey == "") {
-		return errors.New("a worker must open what serve sealed: set TWOFACTOR_MASTER_KEYS and TWOFACTOR_CODE_KEY (throwaway --dev keys differ per process)")
+		return errors.New("a worker does not run in development mode: set TWOFACTOR_MASTER_KEYS and TWOFACTOR_CODE_KEY, the keys of the serve processes")
 	}
 	ring, hasher, err := cfg.keys(log)
 	if err != nil {
