@@ -3,6 +3,7 @@ package messaging
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"time"
 
@@ -46,8 +47,12 @@ func (r retry) middleware(h message.HandlerFunc) message.HandlerFunc {
 				return out, nil
 			}
 			ctx := msg.Context()
-			if ctx.Err() != nil || errors.Is(err, ErrTxDone) {
+			if errors.Is(err, ErrTxDone) {
 				return nil, err
+			}
+			if ctx.Err() != nil {
+				// Cut short, not judged: delivered again, never parked.
+				return nil, fmt.Errorf("%w: %w", ctx.Err(), err)
 			}
 			if inTx && errors.Is(err, ErrTxAbandoned) {
 				return nil, nil
@@ -68,7 +73,7 @@ func (r retry) middleware(h message.HandlerFunc) message.HandlerFunc {
 				r.logger.Error("handler failed; retrying", err, fields.Add(watermill.LogFields{"retry_in": wait}))
 			}
 			if !sleep(ctx, jitter(wait)) {
-				return nil, err
+				return nil, fmt.Errorf("%w: %w", ctx.Err(), err)
 			}
 			wait = min(2*wait, r.max)
 		}
