@@ -178,6 +178,12 @@ func (p *Projector) Handle(msg *message.Message) error {
 		}
 		return err
 	})
+	if errors.Is(err, errStale) {
+		// Another worker wrote these rows: read the batch again, as when
+		// BeforeCommit finds it.
+		tx.Abandon(err)
+		return nil
+	}
 	if failed != nil {
 		p.careful = true
 		p.logger.Warn("an event cannot be projected; reading its batch again one event at a time to isolate it",
