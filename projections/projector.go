@@ -283,8 +283,12 @@ func (p *Projector) source(tx pgx.Tx) sqlSource {
 // transaction, and reads which tenants are stalled.
 func (p *Projector) begin(ctx context.Context, tx pgx.Tx) error {
 	var k checkpointKey
-	err := queryIsolated(ctx, tx, `SELECT generation, position FROM read_model_checkpoints WHERE read_model = $1`, []any{UserStatusModel},
-		func(rows pgx.Rows) error { return rows.Scan(&k.generation, &k.position) })
+	var stalled []string
+	// One round trip for both: this runs for every batch.
+	err := queryIsolated(ctx, tx, `SELECT generation, position,
+			ARRAY(SELECT tenant_id FROM consumer_stalls WHERE consumer = $2)
+		FROM read_model_checkpoints WHERE read_model = $1`, []any{UserStatusModel, p.group},
+		func(rows pgx.Rows) error { return rows.Scan(&k.generation, &k.position, &stalled) })
 	if err != nil {
 		return fmt.Errorf("projections: read checkpoint: %w", err)
 	}
@@ -292,8 +296,9 @@ func (p *Projector) begin(ctx context.Context, tx pgx.Tx) error {
 		p.cache = newModel()
 		p.committed = k
 	}
-	if p.stalled, err = stalledTenants(ctx, tx, p.group); err != nil {
-		return fmt.Errorf("projections: read stalls: %w", err)
+	p.stalled = make(map[string]bool, len(stalled))
+	for _, id := range stalled {
+		p.stalled[id] = true
 	}
 	return nil
 }

@@ -79,21 +79,6 @@ func CheckStalls(ctx context.Context, db querier) error {
 	return fmt.Errorf("%s (heal: README \"Stalled consumers\")", strings.Join(msgs, "; "))
 }
 
-// stalledTenants are the tenants a consumer holds back.
-func stalledTenants(ctx context.Context, tx pgx.Tx, consumer string) (map[string]bool, error) {
-	out := map[string]bool{}
-	err := queryIsolated(ctx, tx, `SELECT tenant_id FROM consumer_stalls WHERE consumer = $1`, []any{consumer},
-		func(rows pgx.Rows) error {
-			var id string
-			if err := rows.Scan(&id); err != nil {
-				return err
-			}
-			out[id] = true
-			return nil
-		})
-	return out, err
-}
-
 // reason is a cause fit for a TEXT column and a log line: an error about an
 // unstorable payload may quote it.
 func reason(err error) string {

@@ -1,6 +1,7 @@
 package projections_test
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/twofactor/twofactor/domain"
 	"github.com/twofactor/twofactor/eventstore"
+	"github.com/twofactor/twofactor/internal/testnats"
 	"github.com/twofactor/twofactor/messaging"
 	"github.com/twofactor/twofactor/projections"
 )
@@ -200,4 +202,40 @@ func TestKilledConnectionsNeverPoison(t *testing.T) {
 	rebuild(t, pool)
 	compareDumps(t, "live with killed connections vs rebuild", liveRows, dump(t, pool))
 	t.Logf("%d events, %d connections killed", eventCount(t, pool), kills)
+}
+
+// The same isolation on the NATS bus, where the projector's transaction is
+// the log-ordered owner's: the tenant is stalled, the other one followed.
+func TestAnUnstorableEventStallsItsTenantOnlyOnNATS(t *testing.T) {
+	pool := freshPool(t)
+	_, err := pool.Exec(ctx, `ALTER TABLE tenant_policies ADD CONSTRAINT stall_test_forbidden CHECK (name <> 'Forbidden')`)
+	must(t, err)
+	ncfg := testnats.Config(t, testnats.URL(t))
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	listener := messaging.NewListener(pool, nil, messaging.EventsChannel, projections.ReadModelsChannel)
+	go listener.Run(lctx) //nolint:errcheck
+	queries := projections.NewQueries(pool, projections.QueryOptions{Listener: listener, Wait: 20 * time.Second})
+	seen := &arrivals{t: t, version: map[string]int64{}, ids: map[string]bool{}}
+	startNATSWorker(t, pool, ncfg, listener, seen)
+
+	store := eventstore.New(pool, time.Now)
+	p := domain.DefaultPolicy()
+	changed := p
+	changed.LockoutThreshold = p.LockoutThreshold + 2
+	bad := appendTenant(t, store, "tenant-a", 0, &domain.TenantCreated{Name: "Forbidden", Policy: p})
+	heldBack := appendTenant(t, store, "tenant-a", 1, &domain.TenantPolicyChanged{Policy: changed, Previous: p})
+	appendTenant(t, store, "tenant-b", 0, &domain.TenantCreated{Name: "Beta", Policy: p})
+	b2 := appendTenant(t, store, "tenant-b", 1, &domain.TenantPolicyChanged{Policy: changed, Previous: p})
+	if _, err := queries.Coverage(ctx, "tenant-b", projections.ReadOptions{MinPosition: b2}); err != nil {
+		t.Fatalf("tenant B's write is not readable: %v", err)
+	}
+	var stalled *projections.StalledError
+	if _, err := queries.Coverage(ctx, "tenant-a", projections.ReadOptions{MinPosition: heldBack}); !errors.As(err, &stalled) ||
+		stalled.Stall.Position != bad || stalled.Stall.HeldBack != 1 {
+		t.Fatalf("read of the stalled tenant: %v", err)
+	}
+	if n := poisoned(t, pool); n != 0 {
+		t.Fatalf("%d messages in the poison queue", n)
+	}
 }
