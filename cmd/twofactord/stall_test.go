@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/twofactor/twofactor/domain"
 	"github.com/twofactor/twofactor/eventstore"
+	"github.com/twofactor/twofactor/internal/testkit"
 )
 
 type createdTenant struct {
@@ -206,4 +208,83 @@ func TestAnUnprojectableEventStallsOnlyItsTenant(t *testing.T) {
 			t.Errorf("replay output does not name %q:\n%s", want, out)
 		}
 	}
+}
+
+// Every PostgreSQL connection of a running serve (API, projector, notifier,
+// LISTEN) is killed again and again while users enrol, as in a PostgreSQL
+// restart: every event ends up projected, nothing is parked in the poison
+// queue, no tenant is stalled, and the process is ready again afterwards.
+func TestServeSurvivesKilledConnectionsWithoutPoison(t *testing.T) {
+	bin := buildBinary(t)
+	env := testEnv(t)
+	cfg, err := pgxpool.ParseConfig(envValue(env, "TWOFACTOR_DATABASE_URL"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The test's own connections (the writers and the killer) are spared.
+	cfg.ConnConfig.RuntimeParams["application_name"] = "stall_test_writer"
+	pool, err := pgxpool.NewWithConfig(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	f := testkit.New(t, pool, nil)
+	srv := startServer(t, bin, append(env, "TWOFACTOR_MASTER_KEYS="+f.MasterKey.String()))
+
+	stop := make(chan struct{})
+	killed := make(chan int)
+	go func() {
+		n := 0
+		defer func() { killed <- n }()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			var k int
+			if err := pool.QueryRow(context.Background(), `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+				WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name <> 'stall_test_writer'`).Scan(&k); err == nil {
+				n += k
+			}
+		}
+	}()
+	for i := 0; i < 40; i++ {
+		f.EnrolTOTP(fmt.Sprintf("user-%02d", i))
+	}
+	close(stop)
+	kills := <-killed
+	if kills == 0 {
+		t.Fatal("no connection of serve was killed")
+	}
+
+	var head int64
+	if err := pool.QueryRow(t.Context(), `SELECT max(position) FROM events`).Scan(&head); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		var applied, rows int64
+		if err := pool.QueryRow(t.Context(), `SELECT (SELECT position FROM read_model_checkpoints WHERE read_model = 'user_status'),
+			(SELECT count(*) FROM user_status WHERE tenant_id = $1 AND enabled)`, f.Tenant).Scan(&applied, &rows); err != nil {
+			t.Fatal(err)
+		}
+		code, _ := getBody(t, srv.URL+"/readyz")
+		if applied == head && rows == 40 && code == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %d killed connections: checkpoint %d of %d, %d users enabled, readyz %d", kills, applied, head, rows, code)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	var poisoned, stalls int
+	if err := pool.QueryRow(t.Context(), `SELECT (SELECT count(*) FROM watermill_twofactor_poison), (SELECT count(*) FROM consumer_stalls)`).
+		Scan(&poisoned, &stalls); err != nil {
+		t.Fatal(err)
+	}
+	if poisoned != 0 || stalls != 0 {
+		t.Fatalf("after %d killed connections: %d messages poisoned, %d tenants stalled", kills, poisoned, stalls)
+	}
+	t.Logf("%d connections of serve killed; %d events projected", kills, head)
 }
