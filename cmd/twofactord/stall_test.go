@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -174,6 +175,37 @@ func TestAnUnprojectableEventStallsOnlyItsTenant(t *testing.T) {
 		if !strings.Contains(detail, want) {
 			t.Errorf("readyz detail %q does not name %q", detail, want)
 		}
+	}
+
+	// A worker's /readyz says the same.
+	addr := "127.0.0.1:" + freePort(t)
+	worker := exec.Command(bin, "worker", "--worker-addr", addr)
+	worker.Env = env
+	workerLogs := &lockedBuffer{}
+	worker.Stdout, worker.Stderr = workerLogs, workerLogs
+	if err := worker.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = worker.Process.Signal(os.Interrupt)
+		if err := worker.Wait(); err != nil {
+			t.Errorf("worker: %v\n%s", err, workerLogs.String())
+		}
+	}()
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		resp, err := http.Get("http://" + addr + "/readyz")
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusServiceUnavailable && strings.Contains(string(b), "projection.user_status") &&
+				strings.Contains(string(b), bad.EventID) {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the worker's readyz does not name the stall (%v)\n%s", err, workerLogs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 
 	_, metrics := getBody(t, srv.URL+"/metrics")
