@@ -226,6 +226,21 @@ func TestAnUnprojectableEventStallsOnlyItsTenant(t *testing.T) {
 		t.Fatalf("%d messages in the poison queue", poisoned)
 	}
 
+	list := exec.Command(bin, "consumers", "stalled", "--json")
+	list.Env = env
+	listed, err := list.Output()
+	var stall struct {
+		Consumer  string `json:"consumer"`
+		TenantID  string `json:"tenant_id"`
+		EventID   string `json:"event_id"`
+		EventType string `json:"event_type"`
+		Position  int64  `json:"position"`
+	}
+	if err != nil || json.Unmarshal(listed, &stall) != nil || stall.Consumer != "projection.user_status" || stall.TenantID != a.TenantID ||
+		stall.EventID != bad.EventID || stall.Position != bad.Position || stall.EventType != "TenantPolicyChanged" {
+		t.Fatalf("consumers stalled: %v\n%s", err, listed)
+	}
+
 	cmd := exec.Command(bin, "replay", "--read-model", "user_status")
 	cmd.Env = env
 	out, err := cmd.CombinedOutput()
