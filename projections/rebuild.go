@@ -86,6 +86,36 @@ type RebuildStats struct {
 }
 
 // EventsPerSecond is the rebuild's throughput over its whole duration.
+// undecodable names the event that made a read of the log fail, when one of
+// the limit events after position after cannot be decoded; otherwise it
+// returns cause.
+func (r *rebuilder) undecodable(ctx context.Context, after int64, limit int, cause error) error {
+	if messaging.Transient(cause) {
+		return cause
+	}
+	rows, err := r.pool.Query(ctx, `SELECT position, event_id::text, tenant_id, stream_id, stream_version, event_type, schema_version, payload::text
+		FROM events e WHERE $1 = 0 OR (e.transaction_id, e.position) > (SELECT transaction_id, position FROM events WHERE position = $1)
+		ORDER BY e.transaction_id, e.position LIMIT $2`, after, limit)
+	if err != nil {
+		return errors.Join(cause, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		rec := &eventstore.Record{}
+		var payload string
+		if err := rows.Scan(&rec.Position, &rec.EventID, &rec.TenantID, &rec.StreamID, &rec.Version, &rec.Type, &rec.SchemaVersion, &payload); err != nil {
+			return errors.Join(cause, err)
+		}
+		if _, err := eventstore.Decode(rec.Type, rec.SchemaVersion, []byte(payload)); err != nil {
+			return &EventFailure{Record: rec, Err: err}
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return errors.Join(cause, err)
+	}
+	return cause
+}
+
 // explain turns a failure to write the folded model into the event at fault,
 // when it is the data's: each stream's rows are written alone, under a
 // savepoint (all rolled back); the first stream that fails is folded again
@@ -370,6 +400,9 @@ func (r *rebuilder) read(ctx context.Context, phase string, ch *changes, until *
 					after = bounds[i-1]
 				}
 				recs, err := r.store.ReadAll(ctx, after, r.opts.BatchSize)
+				if err != nil {
+					err = r.undecodable(ctx, after, r.opts.BatchSize, err)
+				}
 				if err == nil && (len(recs) == 0 || recs[len(recs)-1].Position != bounds[i]) {
 					err = fmt.Errorf("projections: batch after %d does not end at %d", after, bounds[i])
 				}
@@ -439,7 +472,7 @@ func (r *rebuilder) read(ctx context.Context, phase string, ch *changes, until *
 		}
 		recs, err := r.store.ReadAll(ctx, after, r.opts.BatchSize)
 		if err != nil {
-			return err
+			return r.undecodable(ctx, after, r.opts.BatchSize, err)
 		}
 		if len(recs) == 0 {
 			return nil

@@ -2,11 +2,16 @@ package projections_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
 	"time"
 
+	wsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -237,5 +242,64 @@ func TestAnUnstorableEventStallsItsTenantOnlyOnNATS(t *testing.T) {
 	}
 	if n := poisoned(t, pool); n != 0 {
 		t.Fatalf("%d messages in the poison queue", n)
+	}
+}
+
+// insertRaw writes an event as a future release (or a corrupted row) might,
+// bypassing the commands and Append: a type this build cannot decode.
+func insertRaw(t *testing.T, pool *pgxpool.Pool, tenant, stream, eventType, payload string) *eventstore.Record {
+	t.Helper()
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	rec := &eventstore.Record{EventID: uuid.NewString(), TenantID: tenant, StreamID: stream, Version: 1, Type: eventType,
+		SchemaVersion: eventstore.SchemaVersion, Payload: []byte(payload), RawMetadata: []byte(`{"tenant_id":"` + tenant + `"}`),
+		RecordedAt: now, PrevHash: eventstore.GenesisHash}
+	rec.Hash = eventstore.Hash(rec.PrevHash, rec)
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if err := tx.QueryRow(ctx, `INSERT INTO events (event_id, tenant_id, stream_id, stream_version, event_type,
+			schema_version, payload, metadata, recorded_at, prev_hash, hash)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING position`,
+			rec.EventID, rec.TenantID, rec.StreamID, rec.Version, rec.Type, rec.SchemaVersion,
+			payload, string(rec.RawMetadata), rec.RecordedAt, rec.PrevHash, rec.Hash).Scan(&rec.Position); err != nil {
+			return err
+		}
+		body, err := json.Marshal(eventstore.Envelope{Position: rec.Position, EventID: rec.EventID, TenantID: tenant, StreamID: stream,
+			Version: 1, Type: eventType, SchemaVersion: rec.SchemaVersion, Payload: rec.Payload, Metadata: rec.RawMetadata, RecordedAt: now})
+		if err != nil {
+			return err
+		}
+		pub, err := wsql.NewPublisher(wsql.TxFromPgx(tx), wsql.PublisherConfig{SchemaAdapter: wsql.DefaultPostgreSQLSchema{}}, nil)
+		if err != nil {
+			return err
+		}
+		return pub.Publish(eventstore.Topic, message.NewMessage(rec.EventID, body))
+	})
+	must(t, err)
+	return rec
+}
+
+// An event this build cannot decode is isolated like one it cannot store, and
+// a rebuild names it.
+func TestAnUndecodableEventIsIsolated(t *testing.T) {
+	pool := freshPool(t)
+	l := newLive(t, pool, liveOptions{})
+	store := eventstore.New(pool, time.Now)
+	bad := insertRaw(t, pool, "tenant-c", "user:tenant-c:carol", "TwoFactorTeleported", `{"to":"mars"}`)
+	pos := appendTenant(t, store, "tenant-d", 0, &domain.TenantCreated{Name: "Delta", Policy: domain.DefaultPolicy()})
+	if _, err := l.queries.Coverage(ctx, "tenant-d", projections.ReadOptions{MinPosition: pos}); err != nil {
+		t.Fatalf("the other tenant: %v", err)
+	}
+	var stalled *projections.StalledError
+	if _, err := l.queries.GetUser(ctx, "tenant-c", "carol", projections.ReadOptions{MinPosition: bad.Position}); !errors.As(err, &stalled) ||
+		stalled.Stall.EventID != bad.EventID || !strings.Contains(stalled.Stall.Reason, "TwoFactorTeleported") {
+		t.Fatalf("read of the stalled tenant: %v", err)
+	}
+	if n := poisoned(t, pool); n != 0 {
+		t.Fatalf("%d messages in the poison queue", n)
+	}
+	_, err := projections.Rebuild(ctx, pool, store, projections.UserStatusModel, projections.RebuildOptions{})
+	var failure *projections.EventFailure
+	if !errors.As(err, &failure) || failure.Record.EventID != bad.EventID || failure.Record.Position != bad.Position ||
+		failure.Record.StreamID != bad.StreamID || !strings.Contains(err.Error(), "TwoFactorTeleported") {
+		t.Fatalf("rebuild: %v", err)
 	}
 }
