@@ -97,6 +97,7 @@ const (
 	codeInvalidActor         = "invalid_actor"
 	codeNotImplemented       = "not_implemented"
 	codeReadModelTimeout     = "read_model_timeout"
+	codeReadModelStalled     = "read_model_stalled"
 	codeInternal             = "internal_error"
 	codeTimeout              = "timeout"
 	codeUnavailable          = "unavailable"

@@ -3,6 +3,8 @@ package handlers
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/http"
 
 	"github.com/twofactor/twofactor/projections"
 )
@@ -16,7 +18,23 @@ func readErr(err error) error {
 	if errors.Is(err, projections.ErrNotCaughtUp) {
 		return ErrReadTimeout
 	}
+	var stalled *projections.StalledError
+	if errors.As(err, &stalled) {
+		return readStalled(stalled.Stall)
+	}
 	return err
+}
+
+// readStalled: the read model isolated an event of the tenant at or before the
+// requested position and holds the tenant's later events back until an
+// operator heals it. Retrying will not help soon; the reason stays in the
+// operators' logs (it may quote internals).
+func readStalled(s projections.Stall) error {
+	e := newAPIError(http.StatusServiceUnavailable, codeReadModelStalled, fmt.Sprintf(
+		"the read model stopped following this tenant at event %s (position %d, %s): it could not be applied and the operators were alerted; writes still succeed, reads with min_position at or after it fail until it is healed",
+		s.EventID, s.Position, s.EventType))
+	e.retryAfter = 60
+	return e
 }
 
 func statusOfRow(s projections.UserStatus) UserStatus {

@@ -204,25 +204,33 @@ func (a *API) healthz(c *gin.Context) {
 // readyz: the database answers and every extra check passes.
 func (a *API) readyz(c *gin.Context) {
 	checks := map[string]string{}
+	details := map[string]string{}
 	ready := true
-	record := func(name string, err error) {
+	record := func(name string, err error, explain bool) {
 		if err != nil {
 			ready = false
 			checks[name] = "failing"
+			if explain {
+				details[name] = err.Error()
+			}
 			a.log.WarnContext(c.Request.Context(), "not ready", "check", name, "error", err.Error())
 			return
 		}
 		checks[name] = "ok"
 	}
-	record("database", a.pool.Ping(c.Request.Context()))
+	record("database", a.pool.Ping(c.Request.Context()), false)
 	for _, rc := range a.ready {
-		record(rc.Name, rc.Check(c.Request.Context()))
+		record(rc.Name, rc.Check(c.Request.Context()), rc.Explain)
 	}
 	status, word := http.StatusOK, "ready"
 	if !ready {
 		status, word = http.StatusServiceUnavailable, "not_ready"
 	}
-	writeJSON(c, status, gin.H{"status": word, "checks": checks})
+	body := gin.H{"status": word, "checks": checks}
+	if len(details) > 0 {
+		body["details"] = details
+	}
+	writeJSON(c, status, body)
 }
 
 func (a *API) openapiDoc(c *gin.Context) {

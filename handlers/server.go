@@ -80,6 +80,9 @@ func (c Config) withDefaults() Config {
 type ReadyCheck struct {
 	Name  string
 	Check func(context.Context) error
+	// Explain: the check's error is meant for operators and is shown in the
+	// body's details (others may quote internals and are only logged).
+	Explain bool
 }
 
 // Deps are the ports the API drives.

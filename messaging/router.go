@@ -46,7 +46,9 @@ type Config struct {
 	BatchSize int
 	// AckDeadline redelivers a message whose handler has not finished in time.
 	AckDeadline time.Duration
-	// MaxRetries before a message goes to the poison queue.
+	// MaxRetries of a permanent error before the message goes to the poison
+	// queue. Transient errors (Transient) are retried without a limit, waiting
+	// from RetryInitial up to RetryMax between tries.
 	MaxRetries   int
 	RetryInitial time.Duration
 	RetryMax     time.Duration
@@ -167,27 +169,24 @@ func NewRouter(pool *pgxpool.Pool, cfg Config, logger watermill.LoggerAdapter, c
 	if err != nil {
 		return nil, err
 	}
-	// A handler cut short by shutdown (or by the ack deadline) failed for want of
-	// time, not because of its message: that message is not acknowledged and is
-	// delivered again, instead of being parked.
+	// Only a permanent error parks a message: a handler cut short by shutdown or
+	// the ack deadline, or failing on the database or the network, failed for
+	// want of time or of a server, not because of its message. That message is
+	// not acknowledged and is delivered again.
 	poison, err := middleware.PoisonQueueWithFilter(poisonPublisher, PoisonTopic, func(err error) bool {
-		return !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
+		return !Transient(err)
 	})
 	if err != nil {
 		return nil, err
 	}
-	retry := middleware.Retry{
-		MaxRetries:          cfg.MaxRetries,
-		InitialInterval:     cfg.RetryInitial,
-		MaxInterval:         cfg.RetryMax,
-		Multiplier:          2,
-		RandomizationFactor: 0.3,
-		Logger:              logger,
+	if logger == nil {
+		logger = watermill.NopLogger{}
 	}
+	retry := retry{initial: cfg.RetryInitial, max: cfg.RetryMax, maxPermanent: cfg.MaxRetries, logger: logger}
 	// Outermost first: a panic becomes an error, errors are retried, and what still
-	// fails is parked in the poison queue with its reason, so one bad event never
-	// blocks the consumer group.
-	router.AddMiddleware(poison, retry.Middleware, middleware.Recoverer)
+	// fails permanently is parked in the poison queue with its reason, so one bad
+	// event never blocks the consumer group.
+	router.AddMiddleware(poison, retry.middleware, middleware.Recoverer)
 	router.AddMiddleware(extra...)
 
 	// Without a Listener of the caller's (serve shares one with the read side),

@@ -36,6 +36,9 @@ type Tx struct {
 
 	conn sync.Mutex
 	done bool
+	// abandoned: a handler found the transaction unusable (its connection
+	// lost, or an effect it can never write); nothing of it may commit.
+	abandoned error
 
 	mu    sync.Mutex
 	keys  []any
@@ -84,11 +87,44 @@ func (t *Tx) Pgx() pgx.Tx { return t.tx }
 // acknowledged, is delivered again, and is not parked in the poison queue.
 var ErrTxDone = fmt.Errorf("messaging: the subscriber transaction has ended: %w", context.Canceled)
 
+// ErrTxAbandoned: a handler abandoned the subscriber transaction. Its batch rolls
+// back and is read again in a new transaction; the messages handed out
+// meanwhile are acknowledged into a transaction that never commits.
+var ErrTxAbandoned = errors.New("messaging: the subscriber transaction was abandoned; its batch is read again")
+
+// Abandon makes the transaction roll back instead of committing, whatever is
+// handed out in it afterwards, so that its batch is read again from the last
+// committed offset: the way out of a transaction whose connection died (a
+// retry in it can never succeed) and of a batch a handler must read again
+// another way (the projector isolating an event). Messages of the batch are
+// then acknowledged at once (see Retry), without being handled.
+func (t *Tx) Abandon(cause error) {
+	t.conn.Lock()
+	defer t.conn.Unlock()
+	if t.abandoned == nil {
+		if cause == nil {
+			cause = ErrTxAbandoned
+		}
+		t.abandoned = cause
+	}
+}
+
+// Abandoned is the cause given to Abandon, or nil.
+func (t *Tx) Abandoned() error {
+	t.conn.Lock()
+	defer t.conn.Unlock()
+	return t.abandoned
+}
+
 // Use runs fn with the transaction, never concurrently with the subscriber's own
-// queries or the commit; ErrTxDone once the transaction has ended.
+// queries or the commit; ErrTxDone once the transaction has ended, and
+// ErrTxAbandoned once it was abandoned.
 func (t *Tx) Use(fn func(pgx.Tx) error) error {
 	t.conn.Lock()
 	defer t.conn.Unlock()
+	if t.abandoned != nil {
+		return fmt.Errorf("%w (%v)", ErrTxAbandoned, t.abandoned)
+	}
 	if t.done {
 		return ErrTxDone
 	}
@@ -128,6 +164,10 @@ func (t *Tx) registered() []TxHook {
 func (t *Tx) ExecContext(ctx context.Context, query string, args ...any) (wsql.Result, error) {
 	t.conn.Lock()
 	defer t.conn.Unlock()
+	if t.abandoned != nil {
+		// The subscriber's acknowledgement fails: it rolls back and reads again.
+		return nil, fmt.Errorf("%w (%v)", ErrTxAbandoned, t.abandoned)
+	}
 	tag, err := t.tx.Exec(ctx, query, args...)
 	return wsql.PgxResult{CommandTag: tag}, err
 }
@@ -135,6 +175,9 @@ func (t *Tx) ExecContext(ctx context.Context, query string, args ...any) (wsql.R
 func (t *Tx) QueryContext(ctx context.Context, query string, args ...any) (wsql.Rows, error) {
 	t.conn.Lock()
 	defer t.conn.Unlock()
+	if t.abandoned != nil {
+		return nil, fmt.Errorf("%w (%v)", ErrTxAbandoned, t.abandoned)
+	}
 	rows, err := t.tx.Query(ctx, query, args...)
 	return wsql.PgxRows{Rows: rows}, err
 }
@@ -147,6 +190,10 @@ func (t *Tx) end(commit bool) error {
 		return pgx.ErrTxClosed
 	}
 	t.done = true
+	if commit && t.abandoned != nil {
+		_ = t.tx.Rollback(context.WithoutCancel(t.ctx))
+		return fmt.Errorf("%w (%v)", ErrTxAbandoned, t.abandoned)
+	}
 	// Not cut short by shutdown: a COMMIT cancelled in flight may have committed
 	// on the server while reporting a failure here.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(t.ctx), 30*time.Second)
@@ -165,6 +212,11 @@ func (t *Tx) end(commit bool) error {
 // subscriber does nothing else meanwhile.
 func (t *Tx) Commit() error {
 	hooks := t.registered()
+	if cause := t.Abandoned(); cause != nil {
+		_ = t.end(false)
+		t.afterRollback(hooks)
+		return fmt.Errorf("%w (%v)", ErrTxAbandoned, cause)
+	}
 	for _, h := range hooks {
 		if err := h.BeforeCommit(t.ctx, t.tx); err != nil {
 			_ = t.end(false)
@@ -193,7 +245,7 @@ func (t *Tx) Rollback() error {
 }
 
 func (t *Tx) afterRollback(hooks []TxHook) {
-	if t.failed != nil && len(hooks) > 0 {
+	if t.failed != nil && (len(hooks) > 0 || t.Abandoned() != nil) {
 		t.failed.Add(1)
 	}
 	for _, h := range hooks {

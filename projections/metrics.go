@@ -15,15 +15,18 @@ type Metrics struct {
 	pool    *pgxpool.Pool
 	timeout time.Duration
 
-	events  *prometheus.CounterVec
-	batch   *prometheus.HistogramVec
-	written *prometheus.CounterVec
+	events   *prometheus.CounterVec
+	batch    *prometheus.HistogramVec
+	written  *prometheus.CounterVec
+	isolated *prometheus.CounterVec
+	heldBack *prometheus.CounterVec
 
 	head    *prometheus.Desc
 	applied *prometheus.Desc
 	lag     *prometheus.Desc
 	lagSecs *prometheus.Desc
 	up      *prometheus.Desc
+	stalled *prometheus.Desc
 }
 
 // NewMetrics registers the read-side metrics on reg (never the global registry).
@@ -44,6 +47,16 @@ func NewMetrics(pool *pgxpool.Pool, reg prometheus.Registerer) (*Metrics, error)
 			Name: "twofactor_read_model_rows_written_total",
 			Help: "Rows written by this process's projector, by table.",
 		}, []string{"read_model", "table"}),
+		isolated: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "twofactor_consumer_isolated_events_total",
+			Help: "Events this process's consumers could never apply and isolated, stalling their tenant (alert when it grows).",
+		}, []string{"consumer"}),
+		heldBack: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "twofactor_consumer_held_back_events_total",
+			Help: "Events of a stalled tenant this process's consumers held back.",
+		}, []string{"consumer"}),
+		stalled: prometheus.NewDesc("twofactor_consumer_stalled",
+			"Tenants a consumer is stalled for (an isolated event, see consumer_stalls); alert when above 0.", []string{"consumer"}, nil),
 		head: prometheus.NewDesc("twofactor_event_log_head_position",
 			"Highest position in the event log.", nil, nil),
 		applied: prometheus.NewDesc("twofactor_read_model_applied_position",
@@ -55,7 +68,7 @@ func NewMetrics(pool *pgxpool.Pool, reg prometheus.Registerer) (*Metrics, error)
 		up: prometheus.NewDesc("twofactor_read_model_scrape_ok",
 			"1 if the read-model positions could be read at this scrape.", nil, nil),
 	}
-	for _, c := range []prometheus.Collector{m.events, m.batch, m.written, m} {
+	for _, c := range []prometheus.Collector{m.events, m.batch, m.written, m.isolated, m.heldBack, m} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -73,8 +86,14 @@ func (m *Metrics) observeBatch(applied, duplicates int, w written, d time.Durati
 	m.written.WithLabelValues(UserStatusModel, "user_status_state").Add(float64(w.states))
 }
 
+func (m *Metrics) observeStalls(consumer string, isolated, heldBack int) {
+	m.isolated.WithLabelValues(consumer).Add(float64(isolated))
+	m.heldBack.WithLabelValues(consumer).Add(float64(heldBack))
+}
+
 // Describe implements prometheus.Collector.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
+	ch <- m.stalled
 	ch <- m.head
 	ch <- m.applied
 	ch <- m.lag
@@ -116,5 +135,35 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(m.head, prometheus.GaugeValue, float64(head))
 		}
 	}
+	if ok == 1 {
+		ok = m.collectStalls(ctx, ch)
+	}
 	ch <- prometheus.MustNewConstMetric(m.up, prometheus.GaugeValue, ok)
+}
+
+// collectStalls reports every consumer group known to the database, 0 when it
+// is not stalled, so an alert has a series to watch before the first stall.
+func (m *Metrics) collectStalls(ctx context.Context, ch chan<- prometheus.Metric) float64 {
+	rows, err := m.pool.Query(ctx, `SELECT g.consumer, count(s.tenant_id)
+		FROM (SELECT consumer_group AS consumer FROM watermill_offsets_twofactor_events
+			UNION SELECT $1 UNION SELECT consumer FROM consumer_stalls) g
+		LEFT JOIN consumer_stalls s ON s.consumer = g.consumer
+		WHERE g.consumer NOT LIKE 'forwarder%'
+		GROUP BY g.consumer ORDER BY g.consumer`, UserStatusGroup)
+	if err != nil {
+		return 0
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var name string
+		var n int64
+		if err := rows.Scan(&name, &n); err != nil {
+			return 0
+		}
+		ch <- prometheus.MustNewConstMetric(m.stalled, prometheus.GaugeValue, float64(n), name)
+	}
+	if rows.Err() != nil {
+		return 0
+	}
+	return 1
 }

@@ -91,6 +91,12 @@ type Projector struct {
 	mu        sync.Mutex
 	cache     *model
 	committed checkpointKey
+	// stalled: tenants whose events are held back (consumer_stalls), as of
+	// the current transaction.
+	stalled map[string]bool
+	// careful: a batch failed for good; the next one is written event by event
+	// to isolate the event at fault.
+	careful bool
 }
 
 type checkpointKey struct {
@@ -119,15 +125,24 @@ func (p *Projector) Consumer() messaging.Consumer {
 }
 
 // Handle applies one outbox message.
+//
+// An event the projector can never apply (it cannot be decoded or folded, or
+// its rows cannot be stored) is isolated instead of failing the batch forever:
+// the batch is read again in careful mode, where each event is applied and
+// written under a savepoint of its own; the one that fails permanently is
+// recorded in consumer_stalls (in the same transaction as the offset), its
+// tenant is stalled and every later event of that tenant held back, and the
+// projector goes on with the other tenants. Transient errors are returned, for
+// messaging's retry.
 func (p *Projector) Handle(msg *message.Message) error {
-	rec, err := decodeMessage(msg)
-	if err != nil {
-		return err
+	rec, decodeErr := decodeMessage(msg)
+	if rec == nil {
+		return decodeErr
 	}
 	ctx := msg.Context()
 	tx, ok := messaging.TxFromMessage(msg)
 	if !ok {
-		return p.handleAlone(ctx, rec)
+		return p.handleAlone(ctx, rec, decodeErr)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -138,26 +153,142 @@ func (p *Projector) Handle(msg *message.Message) error {
 		// memory but not the database. It is delivered again.
 		return messaging.ErrTxDone
 	}
-	return tx.Use(func(ptx pgx.Tx) error {
+	var failed error
+	err := tx.Use(func(ptx pgx.Tx) error {
 		if !b.started {
 			if err := p.begin(ctx, ptx); err != nil {
 				return err
 			}
 			b.started = true
+			b.careful = p.careful
 		}
-		return p.cache.apply(ctx, p.source(ptx), b.ch, rec)
+		switch {
+		case p.stalled[rec.TenantID]:
+			return p.holdBack(ctx, ptx, b, rec)
+		case b.careful:
+			return p.applyCarefully(ctx, ptx, b, rec, decodeErr)
+		}
+		err := decodeErr
+		if err == nil {
+			err = p.cache.apply(ctx, p.source(ptx), b.ch, rec)
+		}
+		if err != nil && !messaging.Transient(err) {
+			failed = &EventFailure{Record: rec, Err: err}
+			return nil
+		}
+		return err
 	})
+	if errors.Is(err, errStale) {
+		// Another worker wrote these rows: read the batch again, as when
+		// BeforeCommit finds it.
+		tx.Abandon(err)
+		return nil
+	}
+	if failed != nil {
+		p.careful = true
+		p.logger.Warn("an event cannot be projected; reading its batch again one event at a time to isolate it",
+			"group", p.group, "error", reason(failed))
+		tx.Abandon(failed)
+	}
+	return err
+}
+
+// holdBack skips an event of a stalled tenant: applied after the event that
+// could not be, it would build on a state that is not the stream's. The
+// checkpoint still moves past it (other tenants' reads wait for it).
+func (p *Projector) holdBack(ctx context.Context, tx pgx.Tx, b *txBatch, rec *eventstore.Record) error {
+	if _, err := tx.Exec(ctx, `UPDATE consumer_stalls SET held_back = held_back + 1 WHERE consumer = $1 AND tenant_id = $2`,
+		p.group, rec.TenantID); err != nil {
+		return err
+	}
+	b.heldBack++
+	if b.careful {
+		return p.writeCheckpoint(ctx, tx, b, rec)
+	}
+	b.ch.last = rec
+	return nil
+}
+
+// writeCheckpoint moves the checkpoint past rec, which changed no row.
+func (p *Projector) writeCheckpoint(ctx context.Context, tx pgx.Tx, b *txBatch, rec *eventstore.Record) error {
+	ch := newChanges()
+	ch.last = rec
+	w, err := flush(ctx, tx, p.tables, p.cache, p.source(tx), ch, UserStatusModel)
+	if err != nil {
+		return err
+	}
+	b.wrote(w, time.Now())
+	return nil
+}
+
+// applyCarefully applies and writes one event under a savepoint, and isolates
+// it when that fails for good.
+func (p *Projector) applyCarefully(ctx context.Context, tx pgx.Tx, b *txBatch, rec *eventstore.Record, decodeErr error) error {
+	start := time.Now()
+	if _, err := tx.Exec(ctx, `SAVEPOINT projection_event`); err != nil {
+		return err
+	}
+	ch := newChanges()
+	err := decodeErr
+	if err == nil {
+		err = p.cache.apply(ctx, p.source(tx), ch, rec)
+	}
+	var w written
+	if err == nil {
+		w, err = flush(ctx, tx, p.tables, p.cache, p.source(tx), ch, UserStatusModel)
+	}
+	if err == nil {
+		if _, err := tx.Exec(ctx, `RELEASE SAVEPOINT projection_event`); err != nil {
+			return err
+		}
+		b.applied += ch.applied
+		b.duplicates += ch.duplicates
+		b.wrote(w, start)
+		return nil
+	}
+	if _, rerr := tx.Exec(context.WithoutCancel(ctx), `ROLLBACK TO SAVEPOINT projection_event`); rerr != nil {
+		return errors.Join(err, rerr)
+	}
+	// The memory may hold part of the event: read it back from the transaction.
+	p.cache = newModel()
+	if messaging.Transient(err) || errors.Is(err, errStale) {
+		return err
+	}
+	return p.isolate(ctx, tx, b, &EventFailure{Record: rec, Err: err})
+}
+
+// isolate records an event that can never be applied and stalls its tenant.
+func (p *Projector) isolate(ctx context.Context, tx pgx.Tx, b *txBatch, f *EventFailure) error {
+	r := f.Record
+	why := reason(f.Err)
+	if _, err := tx.Exec(ctx, `INSERT INTO consumer_stalls (consumer, tenant_id, position, event_id, event_type, stream_id, reason)
+		VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (consumer, tenant_id) DO NOTHING`,
+		p.group, r.TenantID, r.Position, r.EventID, r.Type, r.StreamID, why); err != nil {
+		return err
+	}
+	if err := p.writeCheckpoint(ctx, tx, b, r); err != nil {
+		return err
+	}
+	p.stalled[r.TenantID] = true
+	b.isolated = append(b.isolated, Stall{Consumer: p.group, TenantID: r.TenantID, Position: r.Position, EventID: r.EventID,
+		EventType: r.Type, StreamID: r.StreamID, Reason: why})
+	return nil
 }
 
 func (p *Projector) source(tx pgx.Tx) sqlSource {
 	return sqlSource{tx: tx, tables: p.tables, store: p.store}
 }
 
-// begin validates the cache against the checkpoint at the start of a transaction.
+// begin validates the cache against the checkpoint at the start of a
+// transaction, and reads which tenants are stalled.
 func (p *Projector) begin(ctx context.Context, tx pgx.Tx) error {
 	var k checkpointKey
-	err := queryIsolated(ctx, tx, `SELECT generation, position FROM read_model_checkpoints WHERE read_model = $1`, []any{UserStatusModel},
-		func(rows pgx.Rows) error { return rows.Scan(&k.generation, &k.position) })
+	var stalled []string
+	// One round trip for both: this runs for every batch.
+	err := queryIsolated(ctx, tx, `SELECT generation, position,
+			ARRAY(SELECT tenant_id FROM consumer_stalls WHERE consumer = $2)
+		FROM read_model_checkpoints WHERE read_model = $1`, []any{UserStatusModel, p.group},
+		func(rows pgx.Rows) error { return rows.Scan(&k.generation, &k.position, &stalled) })
 	if err != nil {
 		return fmt.Errorf("projections: read checkpoint: %w", err)
 	}
@@ -165,32 +296,40 @@ func (p *Projector) begin(ctx context.Context, tx pgx.Tx) error {
 		p.cache = newModel()
 		p.committed = k
 	}
+	p.stalled = make(map[string]bool, len(stalled))
+	for _, id := range stalled {
+		p.stalled[id] = true
+	}
 	return nil
 }
 
 // decodeMessage reads what the projector needs of an outbox message: the
 // envelope and the event (not the metadata, which messaging.DecodeMessage also
-// decodes; a third of the decoding time).
+// decodes; a third of the decoding time). The record is nil when the envelope
+// cannot be read (the message is then not an event, and goes to the poison
+// queue); an event that cannot be decoded comes with its record, to be isolated.
 func decodeMessage(msg *message.Message) (*eventstore.Record, error) {
 	var env eventstore.Envelope
 	if err := json.Unmarshal(msg.Payload, &env); err != nil {
 		return nil, fmt.Errorf("projections: decode envelope: %w", err)
 	}
+	rec := &eventstore.Record{Position: env.Position, EventID: env.EventID, TenantID: env.TenantID, StreamID: env.StreamID,
+		Version: env.Version, Type: env.Type, SchemaVersion: env.SchemaVersion, Payload: env.Payload,
+		RecordedAt: env.RecordedAt}
 	e, err := eventstore.Decode(env.Type, env.SchemaVersion, env.Payload)
 	if err != nil {
-		return nil, err
+		return rec, err
 	}
-	return &eventstore.Record{Position: env.Position, EventID: env.EventID, TenantID: env.TenantID, StreamID: env.StreamID,
-		Version: env.Version, Type: env.Type, SchemaVersion: env.SchemaVersion, Payload: env.Payload,
-		RecordedAt: env.RecordedAt, Event: e}, nil
+	rec.Event = e
+	return rec, nil
 }
 
 // handleAlone applies a message that did not come with a subscriber transaction
 // (another bus): one transaction of its own, serialised on the checkpoint row.
-func (p *Projector) handleAlone(ctx context.Context, rec *eventstore.Record) error {
+func (p *Projector) handleAlone(ctx context.Context, rec *eventstore.Record, decodeErr error) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	b := &txBatch{p: p, ch: newChanges()}
+	b := &txBatch{p: p, ch: newChanges(), careful: true}
 	err := pgx.BeginTxFunc(ctx, p.pool, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `SELECT 1 FROM read_model_checkpoints WHERE read_model = $1 FOR UPDATE`, UserStatusModel); err != nil {
 			return err
@@ -198,10 +337,10 @@ func (p *Projector) handleAlone(ctx context.Context, rec *eventstore.Record) err
 		if err := p.begin(ctx, tx); err != nil {
 			return err
 		}
-		if err := p.cache.apply(ctx, p.source(tx), b.ch, rec); err != nil {
-			return err
+		if p.stalled[rec.TenantID] {
+			return p.holdBack(ctx, tx, b, rec)
 		}
-		return b.write(ctx, tx)
+		return p.applyCarefully(ctx, tx, b, rec, decodeErr)
 	})
 	if err != nil {
 		b.rollback()
@@ -221,6 +360,25 @@ type txBatch struct {
 	start  time.Time
 	next   checkpointKey
 	w      written
+	// careful: each event is written on its own, under a savepoint (see Handle).
+	careful bool
+	// Counts of careful mode, and what was held back or isolated.
+	applied, duplicates, heldBack int
+	isolated                      []Stall
+}
+
+// wrote accounts for one careful write.
+func (b *txBatch) wrote(w written, start time.Time) {
+	if b.start.IsZero() {
+		b.start = start
+		b.next = b.p.committed
+	}
+	b.w.rows += w.rows
+	b.w.deleted += w.deleted
+	b.w.states += w.states
+	if w.checkpoint != 0 {
+		b.next.position = w.checkpoint
+	}
 }
 
 func (b *txBatch) BeforeCommit(ctx context.Context, tx pgx.Tx) error {
@@ -237,8 +395,14 @@ func (b *txBatch) write(ctx context.Context, tx pgx.Tx) error {
 	b.start = time.Now()
 	w, err := flush(ctx, tx, b.p.tables, b.p.cache, b.p.source(tx), b.ch, UserStatusModel)
 	if err != nil {
-		if errors.Is(err, errStale) {
+		switch {
+		case errors.Is(err, errStale):
 			b.p.logger.Warn("read model changed underneath the projector; reading the batch again", "group", b.p.group)
+		case !messaging.Transient(err):
+			// One of the batch's events cannot be stored: find it.
+			b.p.careful = true
+			b.p.logger.Warn("a batch cannot be written; reading it again one event at a time to isolate the event at fault",
+				"group", b.p.group, "error", reason(err))
 		}
 		return err
 	}
@@ -262,8 +426,18 @@ func (b *txBatch) commit() {
 		// What this transaction left in the checkpoint row: the cache matches it.
 		p.committed = b.next
 	}
+	if b.careful {
+		// The batch that failed is through, its culprit isolated.
+		p.careful = false
+	}
+	for _, s := range b.isolated {
+		p.logger.Error("event isolated: it can never be projected; its tenant is stalled until an operator heals it (README \"Stalled consumers\")",
+			"consumer", s.Consumer, "tenant", s.TenantID, "position", s.Position, "event_id", s.EventID, "event_type", s.EventType,
+			"stream", s.StreamID, "reason", s.Reason)
+	}
 	if p.metrics != nil {
-		p.metrics.observeBatch(b.ch.applied, b.ch.duplicates, b.w, time.Since(b.start), !b.start.IsZero())
+		p.metrics.observeBatch(b.ch.applied+b.applied, b.ch.duplicates+b.duplicates, b.w, time.Since(b.start), !b.start.IsZero())
+		p.metrics.observeStalls(p.group, len(b.isolated), b.heldBack)
 	}
 	p.trim()
 }

@@ -209,7 +209,7 @@ func (q *Queries) scanUser(row pgx.Row, now time.Time) (UserStatus, error) {
 // GetUser reads one user. A user without a row (never seen, or erased) is a
 // domain NotFound error.
 func (q *Queries) GetUser(ctx context.Context, tenantID, userID string, opts ReadOptions) (UserStatus, error) {
-	if err := q.waitFor(ctx, opts); err != nil {
+	if err := q.waitFor(ctx, tenantID, opts); err != nil {
 		return UserStatus{}, err
 	}
 	now := q.clock()
@@ -240,7 +240,7 @@ func (q *Queries) ListUsers(ctx context.Context, tenantID string, f UserFilter, 
 		}
 		after = string(raw)
 	}
-	if err := q.waitFor(ctx, opts); err != nil {
+	if err := q.waitFor(ctx, tenantID, opts); err != nil {
 		return UserPage{}, err
 	}
 	now := q.clock()
@@ -321,7 +321,7 @@ func (q *Queries) ListUsers(ctx context.Context, tenantID string, f UserFilter, 
 // time-independent status, corrected by the few users locked or pending now
 // (found through the partial indexes).
 func (q *Queries) Coverage(ctx context.Context, tenantID string, opts ReadOptions) (Coverage, error) {
-	if err := q.waitFor(ctx, opts); err != nil {
+	if err := q.waitFor(ctx, tenantID, opts); err != nil {
 		return Coverage{}, err
 	}
 	now := q.clock()
@@ -415,7 +415,13 @@ func modelRow(name string) string {
 	return name
 }
 
-func (q *Queries) waitFor(ctx context.Context, opts ReadOptions) error {
+// waitFor waits for opts.MinPosition, then makes sure the projector did not
+// hold it back for the tenant: a stalled tenant's write may be past the
+// checkpoint and still not in its rows, and a read asking for it gets a
+// StalledError rather than stale data (or a wait that never ends). The stall
+// and the checkpoint commit together, so a stall that covers the position is
+// visible once the wait is over.
+func (q *Queries) waitFor(ctx context.Context, tenantID string, opts ReadOptions) error {
 	if opts.MinPosition <= 0 {
 		return nil
 	}
@@ -423,7 +429,21 @@ func (q *Queries) waitFor(ctx context.Context, opts ReadOptions) error {
 	if wait <= 0 {
 		wait = q.wait
 	}
-	return q.WaitFor(ctx, opts.MinPosition, wait)
+	if err := q.WaitFor(ctx, opts.MinPosition, wait); err != nil {
+		return err
+	}
+	var s Stall
+	err := q.pool.QueryRow(ctx, `SELECT consumer, tenant_id, position, event_id, event_type, stream_id, reason, held_back, stalled_at
+		FROM consumer_stalls WHERE consumer = $1 AND tenant_id = $2 AND position <= $3`, UserStatusGroup, tenantID, opts.MinPosition).
+		Scan(&s.Consumer, &s.TenantID, &s.Position, &s.EventID, &s.EventType, &s.StreamID, &s.Reason, &s.HeldBack, &s.StalledAt)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return nil
+	case err != nil:
+		return err
+	}
+	s.StalledAt = s.StalledAt.UTC()
+	return &StalledError{Stall: s}
 }
 
 // WaitFor waits until the user-status read model has applied the event at

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/twofactor/twofactor/eventstore"
+	"github.com/twofactor/twofactor/messaging"
 )
 
 // Rebuilding a read model while the service runs
@@ -78,11 +79,140 @@ type RebuildStats struct {
 	// shadows inside the swap because the live group was ahead.
 	GroupOffsetMoved bool
 	CaughtUpAtSwap   int64
+	// StallsCleared counts the live group's stalls the swap healed.
+	StallsCleared int
 	// Fold is the time to read and fold the log; Write to COPY the shadows.
 	Fold, Write, CatchUp, Swap, Total time.Duration
 }
 
 // EventsPerSecond is the rebuild's throughput over its whole duration.
+// undecodable names the event that made a read of the log fail, when one of
+// the limit events after position after cannot be decoded; otherwise it
+// returns cause.
+func (r *rebuilder) undecodable(ctx context.Context, after int64, limit int, cause error) error {
+	if messaging.Transient(cause) {
+		return cause
+	}
+	rows, err := r.pool.Query(ctx, `SELECT position, event_id::text, tenant_id, stream_id, stream_version, event_type, schema_version, payload::text
+		FROM events e WHERE $1 = 0 OR (e.transaction_id, e.position) > (SELECT transaction_id, position FROM events WHERE position = $1)
+		ORDER BY e.transaction_id, e.position LIMIT $2`, after, limit)
+	if err != nil {
+		return errors.Join(cause, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		rec := &eventstore.Record{}
+		var payload string
+		if err := rows.Scan(&rec.Position, &rec.EventID, &rec.TenantID, &rec.StreamID, &rec.Version, &rec.Type, &rec.SchemaVersion, &payload); err != nil {
+			return errors.Join(cause, err)
+		}
+		if _, err := eventstore.Decode(rec.Type, rec.SchemaVersion, []byte(payload)); err != nil {
+			return &EventFailure{Record: rec, Err: err}
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return errors.Join(cause, err)
+	}
+	return cause
+}
+
+// explain turns a failure to write the folded model into the event at fault,
+// when it is the data's: each stream's rows are written alone, under a
+// savepoint (all rolled back); the first stream that fails is folded again
+// from its first event, writing after each, and the event after which its rows
+// cannot be stored is reported. A transient failure, or one no single stream
+// reproduces, is returned as it is.
+func (r *rebuilder) explain(ctx context.Context, shadow tableSet, cause error) error {
+	if messaging.Transient(cause) {
+		return cause
+	}
+	var failure error
+	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+		fails := func(ch *changes) (error, error) {
+			if _, err := tx.Exec(ctx, `SAVEPOINT rebuild_probe`); err != nil {
+				return nil, err
+			}
+			_, ferr := flush(ctx, tx, shadow, r.m, r.src, ch, "")
+			if _, err := tx.Exec(ctx, `ROLLBACK TO SAVEPOINT rebuild_probe`); err != nil {
+				return nil, err
+			}
+			if ferr == nil || messaging.Transient(ferr) {
+				return nil, nil
+			}
+			return ferr, nil
+		}
+		// culprit folds the stream again and returns the first event after
+		// which its rows fail.
+		culprit := func(streamID string, fold func(*eventstore.Record) (*changes, error)) error {
+			recs, err := r.store.Load(ctx, streamID)
+			if err != nil {
+				return err
+			}
+			for _, rec := range recs {
+				ch, err := fold(rec)
+				if err != nil {
+					failure = &EventFailure{Record: rec, Err: err}
+					return nil
+				}
+				ferr, err := fails(ch)
+				if err != nil {
+					return err
+				}
+				if ferr != nil {
+					failure = &EventFailure{Record: rec, Err: fmt.Errorf("the read-model rows of its stream cannot be stored: %w", ferr)}
+					return nil
+				}
+			}
+			return nil
+		}
+		for _, t := range r.m.tenants {
+			ch := newChanges()
+			ch.tenants[t.tenantID] = t
+			ferr, err := fails(ch)
+			if err != nil {
+				return err
+			}
+			if ferr == nil {
+				continue
+			}
+			fresh := &tenantEntry{tenantID: t.tenantID}
+			return culprit(tenantStreamPrefix+t.tenantID, func(rec *eventstore.Record) (*changes, error) {
+				ch := newChanges()
+				ch.tenants[fresh.tenantID] = fresh
+				return ch, fresh.apply(rec)
+			})
+		}
+		for _, u := range r.m.users {
+			if u.version == 0 {
+				continue
+			}
+			ch := newChanges()
+			ch.states[u.streamID], ch.rows[u.streamID] = u, u
+			ferr, err := fails(ch)
+			if err != nil {
+				return err
+			}
+			if ferr == nil {
+				continue
+			}
+			fresh := newUserEntry(u.streamID, u.tenantID, u.userID)
+			return culprit(u.streamID, func(rec *eventstore.Record) (*changes, error) {
+				ch := newChanges()
+				ch.states[fresh.streamID], ch.rows[fresh.streamID] = fresh, fresh
+				return ch, fresh.apply(rec)
+			})
+		}
+		return nil
+	})
+	if err != nil {
+		return errors.Join(cause, err)
+	}
+	if failure != nil {
+		return failure
+	}
+	return cause
+}
+
 func (s RebuildStats) EventsPerSecond() float64 {
 	if s.Total <= 0 {
 		return 0
@@ -154,7 +284,7 @@ func Rebuild(ctx context.Context, pool *pgxpool.Pool, store *eventstore.Store, r
 	log.Info("rebuild: log folded", "events", r.events, "users", len(r.m.users), "seconds", stats.Fold.Seconds())
 	t = time.Now()
 	if err := r.copyAll(ctx, shadow); err != nil {
-		return stats, err
+		return stats, r.explain(ctx, shadow, err)
 	}
 	stats.Write = time.Since(t)
 
@@ -171,7 +301,7 @@ func Rebuild(ctx context.Context, pool *pgxpool.Pool, store *eventstore.Store, r
 				_, err := flush(ctx, tx, shadow, r.m, r.src, ch, "")
 				return err
 			}); err != nil {
-				return stats, err
+				return stats, r.explain(ctx, shadow, err)
 			}
 		}
 		if r.events-before < 1000 {
@@ -270,6 +400,9 @@ func (r *rebuilder) read(ctx context.Context, phase string, ch *changes, until *
 					after = bounds[i-1]
 				}
 				recs, err := r.store.ReadAll(ctx, after, r.opts.BatchSize)
+				if err != nil {
+					err = r.undecodable(ctx, after, r.opts.BatchSize, err)
+				}
 				if err == nil && (len(recs) == 0 || recs[len(recs)-1].Position != bounds[i]) {
 					err = fmt.Errorf("projections: batch after %d does not end at %d", after, bounds[i])
 				}
@@ -304,7 +437,7 @@ func (r *rebuilder) read(ctx context.Context, phase string, ch *changes, until *
 				return true, nil
 			}
 			if err := r.m.apply(ctx, r.src, scratch, rec); err != nil {
-				return true, err
+				return true, &EventFailure{Record: rec, Err: err}
 			}
 			r.events++
 			r.last = rec
@@ -339,7 +472,7 @@ func (r *rebuilder) read(ctx context.Context, phase string, ch *changes, until *
 		}
 		recs, err := r.store.ReadAll(ctx, after, r.opts.BatchSize)
 		if err != nil {
-			return err
+			return r.undecodable(ctx, after, r.opts.BatchSize, err)
 		}
 		if len(recs) == 0 {
 			return nil
@@ -515,7 +648,7 @@ func (r *rebuilder) swap(ctx context.Context, live, shadow tableSet, stats *Rebu
 			return fmt.Errorf("projections: could not reach the live group's position %d", l.Position)
 		}
 		if _, err := flush(ctx, tx, shadow, r.m, r.src, ch, ""); err != nil {
-			return err
+			return r.explain(ctx, shadow, err)
 		}
 		stats.CaughtUpAtSwap = r.events - n
 		if _, err := tx.Exec(ctx, `UPDATE `+offsetsTable+` SET offset_acked = offset_acked WHERE consumer_group = $1`, group); err != nil {
@@ -575,6 +708,13 @@ func (r *rebuilder) swap(ctx context.Context, live, shadow tableSet, stats *Rebu
 	if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, ReadModelsChannel, UserStatusModel); err != nil {
 		return err
 	}
+	// The new tables hold every event, those the live group isolated or held
+	// back included: its stalls are healed.
+	tag, err := tx.Exec(ctx, `DELETE FROM consumer_stalls WHERE consumer = $1`, group)
+	if err != nil {
+		return err
+	}
+	stats.StallsCleared = int(tag.RowsAffected())
 	stats.Position = pos
 	return tx.Commit(ctx)
 }

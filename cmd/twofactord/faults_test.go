@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -128,7 +127,7 @@ func (l *restartLoad) user(name string) bool {
 // exactly once.
 func faultLoad(t *testing.T, bin, base, dbURL string, env []string, logs func() string, disrupt func()) (tenant createdTenant, maxPos int64) {
 	t.Helper()
-	tenant = newTenant(t, bin, env)
+	tenant = createTenantWith(t, bin, env, "Faults")
 	load := &restartLoad{t: t, base: base, app: tenant.APIKeys["app"].Token, client: &http.Client{Timeout: 30 * time.Second}}
 	const workers = 6
 	stop := make(chan struct{})
@@ -170,26 +169,6 @@ func faultLoad(t *testing.T, bin, base, dbURL string, env []string, logs func() 
 	checkExactlyOnce(t, dbURL, tenant.TenantID, names)
 	t.Logf("%d users, %d requests retried after 503 or a dropped connection", len(names), load.failures.Load())
 	return tenant, load.maxPos.Load()
-}
-
-type createdTenant struct {
-	TenantID string                            `json:"tenant_id"`
-	APIKeys  map[string]struct{ Token string } `json:"api_keys"`
-}
-
-func newTenant(t *testing.T, bin string, env []string) createdTenant {
-	t.Helper()
-	cmd := exec.Command(bin, "tenant", "create", "--name", "Faults", "--json")
-	cmd.Env = env
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("tenant create: %v", err)
-	}
-	var tenant createdTenant
-	if err := json.Unmarshal(out, &tenant); err != nil {
-		t.Fatal(err)
-	}
-	return tenant
 }
 
 // checkExactlyOnce: one enrolment, one set of codes, ten codes consumed and

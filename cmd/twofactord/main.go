@@ -46,6 +46,7 @@ usage:
   twofactord notifications failed [--tenant T] [--json]
                                            list notifications that gave up (also: notifications retry)
   twofactord replay --read-model NAME|--all  rebuild read models from the log while the service runs
+  twofactord consumers stalled [--json]    list the events consumers isolated, stalling a tenant (heal: replay)
 
 Run "twofactord COMMAND -h" for a command's flags. Every flag also reads a TWOFACTOR_* variable.
 `
@@ -88,6 +89,8 @@ func run(ctx context.Context, args []string, out io.Writer, log *slog.Logger) er
 		return notifications(ctx, cfg, args[1:], out)
 	case args[0] == "replay":
 		return replay(ctx, cfg, args[1:], out, log)
+	case args[0] == "consumers" && len(args) > 1 && args[1] == "stalled":
+		return consumersStalled(ctx, cfg, args[2:], out)
 	case args[0] == "help" || args[0] == "-h" || args[0] == "--help":
 		fmt.Fprint(out, usage)
 		return nil

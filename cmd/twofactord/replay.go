@@ -78,6 +78,14 @@ func replay(ctx context.Context, cfg Config, args []string, out io.Writer, log *
 				}
 			},
 		})
+		var failure *projections.EventFailure
+		if errors.As(err, &failure) {
+			// Name the event in words an operator can act on, then fail.
+			r := failure.Record
+			log.Error("replay: an event cannot be projected", "read_model", n, "position", r.Position, "event_id", r.EventID,
+				"event_type", r.Type, "tenant", r.TenantID, "stream", r.StreamID, "version", r.Version, "error", failure.Err.Error())
+			return fmt.Errorf("replay %s failed; nothing was swapped in: the %w", n, err)
+		}
 		if err != nil {
 			return fmt.Errorf("replay %s: %w", n, err)
 		}
@@ -86,6 +94,7 @@ func replay(ctx context.Context, cfg Config, args []string, out io.Writer, log *
 				"read_model": projector, "events": stats.Events, "users": stats.Users, "tenants": stats.Tenants,
 				"position": stats.Position, "generation": stats.Generation, "seconds": stats.Total.Seconds(),
 				"events_per_second": stats.EventsPerSecond(), "group_offset_moved": stats.GroupOffsetMoved,
+				"stalls_cleared": stats.StallsCleared,
 			}); err != nil {
 				return err
 			}
@@ -95,6 +104,10 @@ func replay(ctx context.Context, cfg Config, args []string, out io.Writer, log *
 			projector, stats.Events, stats.Users, stats.Tenants, stats.Total.Seconds(), stats.EventsPerSecond())
 		fmt.Fprintf(out, "swapped in at position %d (generation %d); the live consumer group %s continues after it\n",
 			stats.Position, stats.Generation, projections.UserStatusGroup)
+		if stats.StallsCleared > 0 {
+			fmt.Fprintf(out, "healed %d stalled tenant(s) of %s: their held-back events are in the new tables\n",
+				stats.StallsCleared, projections.UserStatusGroup)
+		}
 	}
 	return nil
 }

@@ -218,7 +218,8 @@ func newAPI(ctx context.Context, cfg Config, pool *pgxpool.Pool, ring *secrets.K
 				err = fmt.Errorf("%d migrations pending", len(pending))
 			}
 			return err
-		}}, {Name: "consumers", Check: cons.running}},
+		}}, {Name: "consumers", Check: cons.running},
+			{Name: "consumer_stalls", Explain: true, Check: func(ctx context.Context) error { return projections.CheckStalls(ctx, pool) }}},
 	})
 	return api, cons, err
 }

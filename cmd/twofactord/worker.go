@@ -17,6 +17,7 @@ import (
 
 	"github.com/twofactor/twofactor/eventstore"
 	"github.com/twofactor/twofactor/migrations"
+	"github.com/twofactor/twofactor/projections"
 	"github.com/twofactor/twofactor/secrets"
 )
 
@@ -63,6 +64,9 @@ func worker(ctx context.Context, cfg Config, args []string, log *slog.Logger) er
 		}
 		if err == nil {
 			err = cons.running(r.Context())
+		}
+		if err == nil {
+			err = projections.CheckStalls(r.Context(), pool)
 		}
 		if err != nil {
 			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
