@@ -4,6 +4,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/twofactor/twofactor/commands"
 	"github.com/twofactor/twofactor/domain"
@@ -86,6 +87,33 @@ func TestOneTOTPCodeRacedFiftyTimesWorksOnce(t *testing.T) {
 		t.Fatalf("%d TOTPVerified events, want 1", n)
 	}
 	assertContiguous(t, f, "racer")
+}
+
+func TestOneEmailedCodeRacedFiftyTimesWorksOnce(t *testing.T) {
+	f := newFixture(t, nil)
+	const u = "mailer"
+	if _, err := f.Svc.StartOTPMethodSetup(ctx, as(u), commands.StartOTPMethodSetup{TenantID: f.Tenant, UserID: u, Method: domain.MethodEmail, Destination: "mailer@example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Svc.ConfirmOTPMethod(ctx, as(u), commands.ConfirmOTPMethod{TenantID: f.Tenant, UserID: u, Method: domain.MethodEmail, Code: f.SentCode(u)}); err != nil {
+		t.Fatal(err)
+	}
+	f.Clock.Advance(time.Hour)
+	if _, err := f.Svc.StartLoginChallenge(ctx, as(u), commands.StartLoginChallenge{TenantID: f.Tenant, UserID: u}); err != nil {
+		t.Fatal(err)
+	}
+	code := f.SentCode(u)
+	wins, errs := race(func() error {
+		_, err := f.Svc.VerifyOTP(ctx, as(u), commands.VerifyOTP{TenantID: f.Tenant, UserID: u, Method: domain.MethodEmail, Code: code})
+		return err
+	})
+	if wins != 1 {
+		t.Fatalf("%d goroutines logged in with one emailed code, want 1 (errors: %d)", wins, len(errs))
+	}
+	if n := f.CountEvents(u, "OTPVerified"); n != 1 {
+		t.Fatalf("%d OTPVerified events, want 1", n)
+	}
+	assertContiguous(t, f, u)
 }
 
 func TestParallelWrongCodesLockAfterTheLimit(t *testing.T) {

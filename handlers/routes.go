@@ -205,12 +205,16 @@ func (a *API) healthz(c *gin.Context) {
 func (a *API) readyz(c *gin.Context) {
 	checks := map[string]string{}
 	details := map[string]string{}
-	ready := true
-	record := func(name string, err error, explain bool) {
+	ready, degraded := true, false
+	record := func(name string, err error, rc ReadyCheck) {
 		if err != nil {
-			ready = false
+			if rc.Degrades {
+				degraded = true
+			} else {
+				ready = false
+			}
 			checks[name] = "failing"
-			if explain {
+			if rc.Explain {
 				details[name] = err.Error()
 			}
 			a.log.WarnContext(c.Request.Context(), "not ready", "check", name, "error", err.Error())
@@ -218,13 +222,16 @@ func (a *API) readyz(c *gin.Context) {
 		}
 		checks[name] = "ok"
 	}
-	record("database", a.pool.Ping(c.Request.Context()), false)
+	record("database", a.pool.Ping(c.Request.Context()), ReadyCheck{})
 	for _, rc := range a.ready {
-		record(rc.Name, rc.Check(c.Request.Context()), rc.Explain)
+		record(rc.Name, rc.Check(c.Request.Context()), rc)
 	}
 	status, word := http.StatusOK, "ready"
-	if !ready {
+	switch {
+	case !ready:
 		status, word = http.StatusServiceUnavailable, "not_ready"
+	case degraded:
+		word = "degraded"
 	}
 	body := gin.H{"status": word, "checks": checks}
 	if len(details) > 0 {

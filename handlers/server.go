@@ -83,6 +83,11 @@ type ReadyCheck struct {
 	// Explain: the check's error is meant for operators and is shown in the
 	// body's details (others may quote internals and are only logged).
 	Explain bool
+	// Degrades: while failing, the process still serves every tenant (a
+	// consumer stalled for one tenant): /readyz says "degraded" and names it,
+	// but answers 200, so that a load balancer keeps sending traffic and one
+	// tenant's bad event never takes the API down for the others.
+	Degrades bool
 }
 
 // Deps are the ports the API drives.

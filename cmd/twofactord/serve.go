@@ -219,7 +219,7 @@ func newAPI(ctx context.Context, cfg Config, pool *pgxpool.Pool, ring *secrets.K
 			}
 			return err
 		}}, {Name: "consumers", Check: cons.running},
-			{Name: "consumer_stalls", Explain: true, Check: func(ctx context.Context) error { return projections.CheckStalls(ctx, pool) }}},
+			{Name: "consumer_stalls", Explain: true, Degrades: true, Check: func(ctx context.Context) error { return projections.CheckStalls(ctx, pool) }}},
 	})
 	return api, cons, err
 }
