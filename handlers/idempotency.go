@@ -129,13 +129,7 @@ func (a *API) idempotent(c *gin.Context) {
 	rec := idemRecord{lookup: lookup[:], tenant: tenant, fingerprint: fp.Sum(nil)}
 
 	ctx := c.Request.Context()
-	stored, err := a.idem.find(ctx, rec)
-	if err != nil {
-		a.fail(c, err)
-		return
-	}
-	if stored != nil {
-		a.replay(c, secret, stored)
+	if a.answerFromRecord(ctx, c, rec, secret) {
 		return
 	}
 
@@ -156,15 +150,9 @@ func (a *API) idempotent(c *gin.Context) {
 		// Another request with this key committed while this one decided.
 		unit.Rollback(done)
 		resetHeaders(c, headers)
-		stored, err := a.idem.find(done, rec)
-		if err == nil && stored == nil {
-			err = errors.New("idempotency: claimed record vanished")
+		if !a.answerFromRecord(done, c, rec, secret) {
+			a.fail(c, errors.New("idempotency: claimed record vanished"))
 		}
-		if err != nil {
-			a.fail(c, err)
-			return
-		}
-		a.replay(c, secret, stored)
 		return
 	}
 	status := w.Status()
@@ -191,13 +179,7 @@ func (a *API) idempotent(c *gin.Context) {
 		}
 		if err == nil && !recorded {
 			resetHeaders(c, headers)
-			stored, err := a.idem.find(done, rec)
-			if err != nil {
-				a.fail(c, err)
-				return
-			}
-			if stored != nil {
-				a.replay(c, secret, stored)
+			if a.answerFromRecord(done, c, rec, secret) {
 				return
 			}
 		}
@@ -232,6 +214,21 @@ var errIdempotentDone = errors.New("idempotency: another request with this key h
 type idemRecord struct {
 	lookup, fingerprint []byte
 	tenant              string
+}
+
+// answerFromRecord answers with the response recorded for the key, or with
+// the error of looking for it; false when there is none.
+func (a *API) answerFromRecord(ctx context.Context, c *gin.Context, rec idemRecord, secret []byte) bool {
+	stored, err := a.idem.find(ctx, rec)
+	if err != nil {
+		a.fail(c, err)
+		return true
+	}
+	if stored == nil {
+		return false
+	}
+	a.replay(c, secret, stored)
+	return true
 }
 
 func (a *API) replay(c *gin.Context, secret, stored []byte) {

@@ -234,18 +234,7 @@ func TestEndToEndWithTheBinaryAndARealSMTPServer(t *testing.T) {
 	srv := startServer(t, bin, env)
 	api := client{t: t, base: srv.URL, logs: srv.Logs}
 
-	cmd := exec.Command(bin, "tenant", "create", "--name", "Acme", "--json")
-	cmd.Env = env
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("tenant create: %v", err)
-	}
-	var tenant struct {
-		APIKeys map[string]struct{ Token string } `json:"api_keys"`
-	}
-	if err := json.Unmarshal(out, &tenant); err != nil {
-		t.Fatal(err)
-	}
+	tenant := createTenantWith(t, bin, env, "Acme")
 	app, admin := tenant.APIKeys["app"].Token, tenant.APIKeys["admin"].Token
 
 	// Enrol by scanning the QR code.

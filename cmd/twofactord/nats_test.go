@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os/exec"
 	"reflect"
@@ -59,18 +58,7 @@ func TestScaleOutOnNATSWithRealProcesses(t *testing.T) {
 	w1 := startWorkerProc(t, bin, env)
 	startWorkerProc(t, bin, env)
 
-	cmd := exec.Command(bin, "tenant", "create", "--name", "Acme", "--json")
-	cmd.Env = env
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("tenant create: %v", err)
-	}
-	var tenant struct {
-		APIKeys map[string]struct{ Token string } `json:"api_keys"`
-	}
-	if err := json.Unmarshal(out, &tenant); err != nil {
-		t.Fatal(err)
-	}
+	tenant := createTenantWith(t, bin, env, "Acme")
 	app, admin := tenant.APIKeys["app"].Token, tenant.APIKeys["admin"].Token
 
 	const users = 24

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -158,18 +157,7 @@ func newStartupWorld(t *testing.T) *startupWorld {
 	w.pool = pool
 	t.Run("seed", func(t *testing.T) {
 		srv := startServer(t, w.bin, w.env)
-		cmd := exec.Command(w.bin, "tenant", "create", "--name", "Acme", "--json")
-		cmd.Env = w.env
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("tenant create: %v", err)
-		}
-		var tenant struct {
-			APIKeys map[string]struct{ Token string } `json:"api_keys"`
-		}
-		if err := json.Unmarshal(out, &tenant); err != nil {
-			t.Fatal(err)
-		}
+		tenant := createTenantWith(t, w.bin, w.env, "Acme")
 		w.app = tenant.APIKeys["app"].Token
 		api := client{t: t, base: srv.URL, logs: srv.Logs}
 		enrol := api.call("POST", "/v1/users/zoe/enrollments/totp", w.app, "", map[string]any{"account_name": "zoe@acme.test"}, 201)
