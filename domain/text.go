@@ -35,18 +35,26 @@ func InvalidInput(field, detail string) *Error {
 // the last line, so that no path the checks forgot can freeze the read side
 // with a row no projector can store.
 func CheckEvent(e Event) error {
-	return checkValue(reflect.ValueOf(e), e.EventType())
+	// Every command passes here: the field's name is built only for a refusal.
+	if path, bad, found := firstBadText(reflect.ValueOf(e)); found {
+		return CheckText(e.EventType()+path, bad)
+	}
+	return nil
 }
 
-func checkValue(v reflect.Value, path string) error {
+// firstBadText finds the first string below v that CheckText refuses, and
+// its path below v (".hashes[1]").
+func firstBadText(v reflect.Value) (path, bad string, found bool) {
 	switch v.Kind() {
 	case reflect.Pointer, reflect.Interface:
 		if v.IsNil() {
-			return nil
+			return "", "", false
 		}
-		return checkValue(v.Elem(), path)
+		return firstBadText(v.Elem())
 	case reflect.String:
-		return CheckText(path, v.String())
+		if CheckText("", v.String()) != nil {
+			return "", v.String(), true
+		}
 	case reflect.Struct:
 		t := v.Type()
 		for i := 0; i < t.NumField(); i++ {
@@ -54,28 +62,28 @@ func checkValue(v reflect.Value, path string) error {
 			if !f.IsExported() {
 				continue
 			}
-			if err := checkValue(v.Field(i), path+"."+jsonName(f)); err != nil {
-				return err
+			if p, b, ok := firstBadText(v.Field(i)); ok {
+				return "." + jsonName(f) + p, b, true
 			}
 		}
 	case reflect.Slice, reflect.Array:
 		for i := 0; i < v.Len(); i++ {
-			if err := checkValue(v.Index(i), fmt.Sprintf("%s[%d]", path, i)); err != nil {
-				return err
+			if p, b, ok := firstBadText(v.Index(i)); ok {
+				return fmt.Sprintf("[%d]", i) + p, b, true
 			}
 		}
 	case reflect.Map:
 		iter := v.MapRange()
 		for iter.Next() {
-			if err := checkValue(iter.Key(), path); err != nil {
-				return err
+			if _, b, ok := firstBadText(iter.Key()); ok {
+				return "", b, true
 			}
-			if err := checkValue(iter.Value(), path); err != nil {
-				return err
+			if _, b, ok := firstBadText(iter.Value()); ok {
+				return "", b, true
 			}
 		}
 	}
-	return nil
+	return "", "", false
 }
 
 func jsonName(f reflect.StructField) string {
