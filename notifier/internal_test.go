@@ -1,6 +1,7 @@
 package notifier
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -134,7 +135,7 @@ func consumed(remaining, threshold int) *domain.BackupCodeConsumed {
 	return &domain.BackupCodeConsumed{Remaining: remaining, LowThreshold: threshold}
 }
 
-func TestLowCodesDue(t *testing.T) {
+func TestConsumptionNotices(t *testing.T) {
 	set := []domain.Event{&domain.BackupCodesGenerated{Reason: domain.BackupReasonEnabled}}
 	stream := records(set,
 		[]domain.Event{consumed(4, 2)}, []domain.Event{consumed(3, 2)}, []domain.Event{consumed(2, 2)},
@@ -142,17 +143,21 @@ func TestLowCodesDue(t *testing.T) {
 		[]domain.Event{&domain.BackupCodesRegenerated{}},
 		// The tenant raised the threshold mid-set: the first consumption at or below it warns.
 		[]domain.Event{consumed(4, 2)}, []domain.Event{consumed(3, 5)}, []domain.Event{consumed(2, 5)},
-		// A recovery-code policy switched 2FA off in the same command: no warning.
+		// A recovery-code policy switched 2FA off in the same command: "disabled"
+		// alone tells it, above the threshold and at it.
+		set, []domain.Event{consumed(9, 2), &domain.TwoFactorDisabled{Reason: domain.DisabledByRecoveryCode}},
 		set, []domain.Event{consumed(2, 2), &domain.TwoFactorDisabled{Reason: domain.DisabledByRecoveryCode}},
 	)
-	var due []int64
+	got := map[int64][]Kind{}
 	for _, r := range stream {
-		if _, ok := r.Event.(*domain.BackupCodeConsumed); ok && lowCodesDue(stream, r.EventID) {
-			due = append(due, r.Version)
+		if _, ok := r.Event.(*domain.BackupCodeConsumed); ok {
+			got[r.Version] = consumptionNotices(stream, r.EventID)
 		}
 	}
-	if len(due) != 2 || due[0] != 4 || due[1] != 9 {
-		t.Fatalf("warnings at versions %v, want [4 9]", due)
+	used, low := []Kind{KindBackupCodeUsed}, []Kind{KindBackupCodeUsed, KindBackupCodesLow}
+	want := map[int64][]Kind{2: used, 3: used, 4: low, 5: used, 6: used, 8: used, 9: low, 10: used, 12: nil, 15: nil}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("notices by version = %v, want %v", got, want)
 	}
 }
 

@@ -59,13 +59,13 @@ var contents = map[Kind]content{
 	KindDisabled: {
 		subject: `Two-factor authentication is off`,
 		paragraphs: []string{
-			`{{if eq .Reason "recovery_code_used"}}A backup code was used to sign in to your {{.Issuer}} account on {{.When}} and, as your organisation's policy requires, this switched two-factor authentication off. You will be asked to set it up again at your next sign-in.` +
+			`{{if eq .Reason "recovery_code_used"}}A backup code was used to sign in to your {{.Issuer}} account on {{.When}} and, as your organisation's policy requires, this switched two-factor authentication off. You will be asked to set it up again at your next sign-in: scan the QR code shown with your authenticator app (or confirm your email address or phone number with the code sent to it), then keep the new backup codes shown to you somewhere safe.` +
 				`{{else if .ByAdmin}}An administrator switched two-factor authentication off for your {{.Issuer}} account on {{.When}}.` +
 				`{{else}}Two-factor authentication was switched off for your {{.Issuer}} account on {{.When}}.{{end}}`,
 			`All your backup codes are void, and your second factor no longer protects this account.`,
 			`If you did not expect this, contact {{.Contact}} at once.`,
 		},
-		sms: `{{.Issuer}}: two-factor authentication was switched off for your account and your backup codes are void. Not you? Contact {{.Contact}}.`,
+		sms: `{{.Issuer}}: {{if eq .Reason "recovery_code_used"}}a backup code was used to sign in, which switched two-factor authentication off; your backup codes are void. Set it up again at your next sign-in.{{else}}two-factor authentication was switched off for your account and your backup codes are void.{{end}} Not you? Contact {{.Contact}}.`,
 	},
 	KindReset: {
 		subject: `Your two-factor authentication was reset`,
