@@ -221,6 +221,7 @@ func (n *Notifier) prepare(ctx context.Context, c claimed) (prepared, error) {
 			return p, nil
 		}
 		data.Lifetime = formatLifetime(expires.Sub(rec.RecordedAt))
+		data.SetupApp = c.kind == KindOTPCode && setupAppPending(c.tenantID, c.userID, stream, at, policy)
 	}
 	to, ok := resolveTarget(c.kind, c.tenantID, c.userID, stream, at)
 	if !ok {
@@ -267,6 +268,16 @@ func (n *Notifier) prepare(ctx context.Context, c claimed) (prepared, error) {
 		Subject: msg.subject, Text: msg.text, HTML: msg.html, Kind: c.kind,
 	}
 	return p, nil
+}
+
+// setupAppPending: when stream[at] was recorded, the user was to set up the app
+// after a switch, so the login code is the last one before that set-up.
+func setupAppPending(tenantID, userID string, stream []*eventstore.Record, at int, policy domain.Policy) bool {
+	u := domain.NewUserTwoFactor(tenantID, userID)
+	for _, r := range stream[:at] {
+		u.Apply(r.Event, r.RecordedAt)
+	}
+	return u.Snapshot(stream[at].RecordedAt, policy).SetupAppAtNextLogin
 }
 
 // openError: an erased user is skipped; a value that does not open never will.

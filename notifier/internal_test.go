@@ -60,6 +60,26 @@ func TestEveryKindRendersTextHTMLAndSMS(t *testing.T) {
 			t.Errorf("%s: SMS of %d characters", k, len(r.sms))
 		}
 	}
+	// The last login code before the app is set up says what comes next, in
+	// every part; any other login code does not.
+	d := base
+	d.Code, d.Lifetime, d.SetupApp = "123456", "10 minutes", true
+	r, err := tmpl.render(KindOTPCode, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, part := range []string{r.text, r.html, r.sms} {
+		if !strings.Contains(part, "set up") || !strings.Contains(part, "authenticator app") {
+			t.Errorf("login code before the app set-up: %q", part)
+		}
+	}
+	if len(r.sms) > 320 {
+		t.Errorf("SMS of %d characters", len(r.sms))
+	}
+	d.SetupApp = false
+	if r, _ = tmpl.render(KindOTPCode, d); strings.Contains(r.text+r.sms, "authenticator app") || strings.Contains(r.text, "\n\n\n") {
+		t.Errorf("a plain login code mentions the app, or has an empty paragraph: %q", r.text)
+	}
 	// A code message without its code is refused rather than sent.
 	if _, err := tmpl.render(KindOTPCode, base); err == nil {
 		t.Error("a code message rendered without a code")

@@ -273,6 +273,13 @@ func journey(t *testing.T, e *env) {
 	contains(one(dave, "disabled"), "An administrator switched two-factor authentication off", "backup codes are void")
 	contains(one(frank, "disabled"), "A backup code was used to sign in", "switched two-factor authentication off",
 		"set it up again at your next sign-in", "QR code", "new backup codes", "backup codes are void")
+	// The login code after the switch to the app says that the app is set up next.
+	aliceCodes := mailsTo(msgs, alice, "otp_code")
+	sort.Slice(aliceCodes, func(i, j int) bool { return aliceCodes[i].At.Before(aliceCodes[j].At) })
+	if strings.Contains(aliceCodes[0].Text, "authenticator app") {
+		t.Errorf("the login code before the switch mentions the app:\n%s", aliceCodes[0].Text)
+	}
+	contains(aliceCodes[1], "switched to an authenticator app", "set up the app", "QR code", "new backup codes")
 
 	// Exactly these texts, through the generic HTTP provider.
 	var sms []string
