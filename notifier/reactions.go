@@ -56,6 +56,8 @@ func Kinds() []Kind {
 // to the destination named in the event rather than to the registered address.
 func (k Kind) isCode() bool { return k == KindOTPCode || k == KindSetupCode }
 
+// priority 0 (codes) is claimed first and stays out of the per-user order of
+// the notices (priority 1); the claim and migrations/0011 rely on these values.
 func (k Kind) priority() int {
 	if k.isCode() {
 		return 0
