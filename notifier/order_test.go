@@ -3,6 +3,7 @@ package notifier_test
 import (
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -204,5 +205,58 @@ func TestADeadNoticeHoldsBackOnlyItsUsersLaterNoticesUntilItIsDead(t *testing.T)
 	}
 	if len(mailsTo(e.smtp.messages(), pia, string(notifier.KindBackupCodeUsed))) != 1 {
 		t.Error("pia's backup-code notice did not arrive")
+	}
+}
+
+// With the tenant policy "a recovery code disables 2FA", one backup-code login
+// decides both facts, and the user gets the one message that is true: 2FA is
+// off, the backup codes are void, enrol again at the next sign-in. No "a backup
+// code was used, N left" (the codes are void) and no low-codes warning, even
+// where the login crossed the warning threshold.
+func TestRecoveryCodePolicySendsOneMessage(t *testing.T) {
+	e := newEnv(t)
+	policy := domain.DefaultPolicy()
+	policy.RecoveryCodeDisables = true
+	policy.BackupCodeCount = 5
+	policy.LowBackupCodesWarn = 4
+	tenant := e.tenant(policy)
+	e.startWorker(testConfig())
+	const to = "rita@example.com"
+	e.setup(tenant, "rita", to)
+	act, err := e.svc.ConfirmOTPMethod(ctx, as("rita"), commands.ConfirmOTPMethod{TenantID: tenant, UserID: "rita",
+		Method: domain.MethodEmail, Code: e.mailCode(to, "setup_code", 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := e.svc.ConsumeBackupCode(ctx, as("rita"), commands.ConsumeBackupCode{TenantID: tenant, UserID: "rita", Code: act.BackupCodes[0]})
+	if err != nil || !v.TwoFactorDisabled {
+		t.Fatalf("backup-code login = %+v, %v: want 2FA switched off", v, err)
+	}
+	e.smtp.wait(30*time.Second, "disabled", func(msgs []received) bool { return len(mailsTo(msgs, to, "disabled")) == 1 })
+	e.waitIdle(30 * time.Second)
+	time.Sleep(200 * time.Millisecond) // anything extra would have arrived by now
+	e.waitIdle(5 * time.Second)
+
+	var kinds []string
+	for _, m := range mailsTo(e.smtp.messages(), to, "") {
+		kinds = append(kinds, kindOf(m.MessageID))
+	}
+	if strings.Join(kinds, ",") != "setup_code,enabled,disabled" {
+		t.Fatalf("messages %v, want setup_code, enabled, disabled", kinds)
+	}
+	off := mailsTo(e.smtp.messages(), to, "disabled")[0]
+	for _, want := range []string{"A backup code was used to sign in", "switched two-factor authentication off",
+		"All your backup codes are void", "set it up again at your next sign-in", "QR code", "new backup codes"} {
+		if !strings.Contains(off.Text, want) {
+			t.Errorf("the message lacks %q:\n%s", want, off.Text)
+		}
+	}
+	if strings.Contains(off.Text, "remain") {
+		t.Errorf("the message counts codes that are void:\n%s", off.Text)
+	}
+	// What it announces is what the next login asks for.
+	ch, err := e.svc.StartLoginChallenge(ctx, as("rita"), commands.StartLoginChallenge{TenantID: tenant, UserID: "rita"})
+	if err != nil || !ch.EnrollmentRequired || ch.Enabled {
+		t.Fatalf("next challenge = %+v, %v: want enrolment required", ch, err)
 	}
 }
