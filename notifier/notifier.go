@@ -66,7 +66,8 @@ type Config struct {
 	PollInterval time.Duration
 	// Concurrency is how many messages one process sends at the same time.
 	Concurrency int
-	// MaxAttempts: after this many failed attempts a notification is dead.
+	// MaxAttempts: after this many failed attempts a notification is dead. Until
+	// then a notice holds back its user's later notices, which are sent after it.
 	MaxAttempts int
 	// BackoffBase and BackoffMax bound the wait before a retry: base·2^(n-1),
 	// capped, with jitter (a random value between half and all of it).
