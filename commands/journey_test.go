@@ -158,8 +158,13 @@ func TestAdminLifecycle(t *testing.T) {
 		t.Fatalf("status = %s", s.Status)
 	}
 	f.Clock.Advance(time.Hour)
-	if _, err := f.Svc.StartLoginChallenge(ctx, as(u), commands.StartLoginChallenge{TenantID: f.Tenant, UserID: u}); err != nil {
+	// The next login sets the app up; email, which the tenant allows, verifies it first.
+	ch, err := f.Svc.StartLoginChallenge(ctx, as(u), commands.StartLoginChallenge{TenantID: f.Tenant, UserID: u})
+	if err != nil {
 		t.Fatal(err)
+	}
+	if !ch.EnrollmentRequired || !ch.SetupAppAtNextLogin || !ch.Enabled || ch.CodeSentBy != domain.MethodEmail {
+		t.Fatalf("challenge after the switch to the app: %+v (code sent by %q)", ch.LoginOptions, ch.CodeSentBy)
 	}
 	if _, err := f.Svc.VerifyOTP(ctx, as(u), commands.VerifyOTP{TenantID: f.Tenant, UserID: u, Method: domain.MethodEmail, Code: f.SentCode(u)}); err != nil {
 		t.Fatal(err)
@@ -176,7 +181,7 @@ func TestAdminLifecycle(t *testing.T) {
 	if _, err := f.Svc.ResetTwoFactor(ctx, admin, commands.ResetTwoFactor{TenantID: f.Tenant, UserID: u}); err != nil {
 		t.Fatal(err)
 	}
-	ch, err := f.Svc.StartLoginChallenge(ctx, as(u), commands.StartLoginChallenge{TenantID: f.Tenant, UserID: u})
+	ch, err = f.Svc.StartLoginChallenge(ctx, as(u), commands.StartLoginChallenge{TenantID: f.Tenant, UserID: u})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,6 +195,45 @@ func TestAdminLifecycle(t *testing.T) {
 	auditor := commands.Meta{Actor: domain.Actor{Kind: domain.ActorAuditor, ID: "aud"}}
 	_, err = f.Svc.RequireTwoFactor(ctx, auditor, commands.RequireTwoFactor{TenantID: f.Tenant, UserID: u, Required: true})
 	wantErr(t, err, domain.KindForbidden, domain.CodeNotAllowed)
+}
+
+// A tenant without email codes: the login after a switch from email to the app
+// sends no code, and is verified by a backup code before the app is set up.
+func TestSwitchToTheAppWhereEmailCodesAreOff(t *testing.T) {
+	f := newFixture(t, nil)
+	u := "eve"
+	_, codes := f.EnrolTOTP(u)
+	if _, err := f.Svc.SwitchMethod(ctx, admin, commands.SwitchMethod{TenantID: f.Tenant, UserID: u, To: domain.MethodEmail, Destination: "eve@example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Svc.SwitchMethod(ctx, admin, commands.SwitchMethod{TenantID: f.Tenant, UserID: u, To: domain.MethodTOTP}); err != nil {
+		t.Fatal(err)
+	}
+	p := domain.DefaultPolicy()
+	p.EmailOTPAllowed = false
+	if _, err := f.Svc.ChangeTenantPolicy(ctx, admin, commands.ChangeTenantPolicy{TenantID: f.Tenant, Policy: p}); err != nil {
+		t.Fatal(err)
+	}
+	f.Clock.Advance(time.Hour)
+	ch, err := f.Svc.StartLoginChallenge(ctx, as(u), commands.StartLoginChallenge{TenantID: f.Tenant, UserID: u})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ch.EnrollmentRequired || !ch.SetupAppAtNextLogin || !ch.Enabled || len(ch.Methods) != 0 || ch.CodeSentBy != "" {
+		t.Fatalf("challenge: %+v (code sent by %q), want the app set up and no email code", ch.LoginOptions, ch.CodeSentBy)
+	}
+	if n := f.CountEvents(u, "OTPChallengeIssued"); n != 0 {
+		t.Fatalf("%d email codes issued", n)
+	}
+	_, err = f.Svc.StartTOTPEnrollment(ctx, as(u), commands.StartTOTPEnrollment{TenantID: f.Tenant, UserID: u})
+	wantErr(t, err, domain.KindPrecondition, domain.CodeFreshVerification)
+	if _, err := f.Svc.ConsumeBackupCode(ctx, as(u), commands.ConsumeBackupCode{TenantID: f.Tenant, UserID: u, Code: codes[0]}); err != nil {
+		t.Fatal(err)
+	}
+	f.EnrolTOTP(u)
+	if s := f.Status(u); s.Status != domain.StatusActivated || len(s.Methods) != 1 || s.Methods[0] != domain.MethodTOTP {
+		t.Fatalf("after setting up the app: %+v", s)
+	}
 }
 
 func TestUserWithoutTogglePermissionCannotDisable(t *testing.T) {

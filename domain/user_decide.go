@@ -324,7 +324,10 @@ func (u *UserTwoFactor) LoginOptions(env Env) (LoginOptions, error) {
 	}
 	now, p := env.Now, env.Policy
 	o := LoginOptions{
-		EnrollmentRequired:  u.mustEnroll(),
+		// After a switch to the app the login sets it up (QR code, new backup
+		// codes): enrolment is required, though 2FA stays on and this login is
+		// still verified with the old method where the tenant allows it.
+		EnrollmentRequired:  u.mustEnroll() || (u.st.Enabled && u.st.SetupAppAtNextLogin),
 		Enabled:             u.st.Enabled,
 		Methods:             []Method{},
 		SetupAppAtNextLogin: u.st.SetupAppAtNextLogin,

@@ -76,8 +76,8 @@ func TestSwitchMethod_EmailToApp(t *testing.T) {
 	wantMethods(t, snap.Methods, MethodEmail)
 	o, err := s.u.LoginOptions(s.user())
 	wantNoError(t, err)
-	if !o.SetupAppAtNextLogin || o.DefaultMethod != MethodEmail {
-		t.Fatalf("login options = %+v", o)
+	if !o.SetupAppAtNextLogin || !o.EnrollmentRequired || !o.Enabled || o.DefaultMethod != MethodEmail {
+		t.Fatalf("login options = %+v, want the app to be set up, this login verified by email", o)
 	}
 	wantMethods(t, o.Methods, MethodEmail)
 	s.must(s.u.IssueChallenge(s.user(), MethodEmail, sealedCode))
@@ -119,6 +119,31 @@ func TestSwitchMethod_EmailToApp(t *testing.T) {
 	s.must(s.u.ConsumeBackupCode(s.user(), newSet[0]))
 	events, err = s.u.IssueChallenge(s.user(), MethodEmail, sealedCode)
 	refused(t, events, err, KindPrecondition, CodeMethodNotEnrolled)
+}
+
+// A tenant that switched email codes off: the login after the switch to the app
+// sends no email code; a backup code verifies it, and then the app is set up.
+func TestSwitchMethod_EmailToAppWithEmailCodesOff(t *testing.T) {
+	s := given(t, otpEnabled(MethodEmail, sealedEmail)...).wait(24 * time.Hour)
+	s.must(s.u.SwitchMethod(s.admin(), MethodTOTP, ""))
+	s.withPolicy(func(p *Policy) { p.EmailOTPAllowed = false })
+
+	o, err := s.u.LoginOptions(s.user())
+	wantNoError(t, err)
+	if !o.EnrollmentRequired || !o.Enabled || len(o.Methods) != 0 || o.DefaultMethod != "" || o.BackupCodesLeft != 10 {
+		t.Fatalf("login options = %+v, want the app to be set up and no email code", o)
+	}
+	events, err := s.u.IssueChallenge(s.user(), MethodEmail, sealedCode)
+	refused(t, events, err, KindForbidden, CodeMethodDisabled)
+	events, err = s.u.StartTOTPEnrollment(s.user(), totpParams(sealedSecret))
+	refused(t, events, err, KindPrecondition, CodeFreshVerification)
+
+	s.must(s.u.ConsumeBackupCode(s.user(), codeSet("old", 10)[0]))
+	s.must(s.u.StartTOTPEnrollment(s.user(), totpParams(sealedSecret)))
+	s.must(s.u.ConfirmTOTPEnrollment(s.user(), []int64{9000}, codeSet("new", 10)))
+	if o, _ := s.u.LoginOptions(s.user()); o.EnrollmentRequired || o.SetupAppAtNextLogin || o.DefaultMethod != MethodTOTP {
+		t.Fatalf("login options after the set-up = %+v", o)
+	}
 }
 
 func TestSwitchMethod_Refusals(t *testing.T) {

@@ -274,6 +274,12 @@ func TestAdminRoutes(t *testing.T) {
 	if s := h.asAdmin("GET", "erin", "", nil).want(200).json(); s["status"] != "setup_app_at_next_login" {
 		t.Fatalf("after switch to app: %v", s)
 	}
+	// The next login sets the app up, verified first by the email code the tenant allows.
+	ch := h.asUser("POST", "erin", "/challenges", nil).want(200).json()
+	if ch["enrollment_required"] != true || ch["setup_app_at_next_login"] != true || ch["enabled"] != true ||
+		ch["code_sent_by"] != "email" || len(ch["methods"].([]any)) != 1 || ch["methods"].([]any)[0] != "email" {
+		t.Fatalf("challenge after the switch to the app: %v", ch)
+	}
 	// Switching back to email cancels the pending switch; once more changes nothing.
 	h.asAdmin("POST", "erin", "/method-switch", map[string]any{"to": "email"}).want(200)
 	h.asAdmin("POST", "erin", "/method-switch", map[string]any{"to": "email"}).want(409, domain.CodeNothingToChange)

@@ -99,6 +99,16 @@ type claimed struct {
 // claim takes the most urgent due row: pending and due, or sending with an
 // expired lease (its worker died). SKIP LOCKED lets concurrent claimers pass each
 // other; the claim itself commits at once, so no transaction stays open during a send.
+//
+// A notice (priority 1) is due only when no earlier notice of its user is open
+// (pending, retrying or leased): a person reads the last message as the truth,
+// so "8 codes remain" must not overtake "9 remain", whichever worker holds
+// either and however often either is retried. Finished rows (sent, skipped,
+// dead) never reopen by themselves, so a claimer whose snapshot shows the
+// earlier notice finished is right whatever commits meanwhile; one that sees it
+// open, even just claimed by another worker, leaves the user alone. One-time
+// codes take no part: someone waits for each at a login page, a code
+// contradicts no notice, and a newer code supersedes an older one anyway.
 func (n *Notifier) claim(ctx context.Context) (claimed, bool, error) {
 	now := n.clock().UTC()
 	token := uuid.NewString()
@@ -106,8 +116,13 @@ func (n *Notifier) claim(ctx context.Context) (claimed, bool, error) {
 	var kind string
 	err := n.pool.QueryRow(ctx, `
 		WITH due AS (
-			SELECT event_id, kind FROM notifications
+			SELECT event_id, kind FROM notifications AS cand
 			WHERE status IN ('pending', 'sending') AND next_attempt_at <= $1
+			  AND (priority = 0 OR NOT EXISTS (
+				SELECT 1 FROM notifications AS earlier
+				WHERE earlier.stream_id = cand.stream_id AND earlier.priority = 1
+				  AND earlier.status IN ('pending', 'sending')
+				  AND (earlier.stream_version, earlier.ordinal) < (cand.stream_version, cand.ordinal)))
 			ORDER BY priority, next_attempt_at
 			LIMIT 1
 			FOR UPDATE SKIP LOCKED
@@ -221,6 +236,7 @@ func (n *Notifier) prepare(ctx context.Context, c claimed) (prepared, error) {
 			return p, nil
 		}
 		data.Lifetime = formatLifetime(expires.Sub(rec.RecordedAt))
+		data.SetupApp = c.kind == KindOTPCode && setupAppPending(c.tenantID, c.userID, stream, at, policy)
 	}
 	to, ok := resolveTarget(c.kind, c.tenantID, c.userID, stream, at)
 	if !ok {
@@ -267,6 +283,16 @@ func (n *Notifier) prepare(ctx context.Context, c claimed) (prepared, error) {
 		Subject: msg.subject, Text: msg.text, HTML: msg.html, Kind: c.kind,
 	}
 	return p, nil
+}
+
+// setupAppPending: when stream[at] was recorded, the user was to set up the app
+// after a switch, so the login code is the last one before that set-up.
+func setupAppPending(tenantID, userID string, stream []*eventstore.Record, at int, policy domain.Policy) bool {
+	u := domain.NewUserTwoFactor(tenantID, userID)
+	for _, r := range stream[:at] {
+		u.Apply(r.Event, r.RecordedAt)
+	}
+	return u.Snapshot(stream[at].RecordedAt, policy).SetupAppAtNextLogin
 }
 
 // openError: an erased user is skipped; a value that does not open never will.

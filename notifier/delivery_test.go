@@ -113,7 +113,7 @@ func TestFailingSMTPServerDelaysWithoutLosing(t *testing.T) {
 	var mu sync.Mutex
 	refusals := 3
 	e.smtp.set(func(s *smtpServer) {
-		s.failData = func() error {
+		s.failData = func(received) error {
 			mu.Lock()
 			defer mu.Unlock()
 			if refusals > 0 {

@@ -1,6 +1,7 @@
 package notifier
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -58,6 +59,26 @@ func TestEveryKindRendersTextHTMLAndSMS(t *testing.T) {
 		if len(r.sms) > 320 {
 			t.Errorf("%s: SMS of %d characters", k, len(r.sms))
 		}
+	}
+	// The last login code before the app is set up says what comes next, in
+	// every part; any other login code does not.
+	d := base
+	d.Code, d.Lifetime, d.SetupApp = "123456", "10 minutes", true
+	r, err := tmpl.render(KindOTPCode, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, part := range []string{r.text, r.html, r.sms} {
+		if !strings.Contains(part, "set up") || !strings.Contains(part, "authenticator app") {
+			t.Errorf("login code before the app set-up: %q", part)
+		}
+	}
+	if len(r.sms) > 320 {
+		t.Errorf("SMS of %d characters", len(r.sms))
+	}
+	d.SetupApp = false
+	if r, _ = tmpl.render(KindOTPCode, d); strings.Contains(r.text+r.sms, "authenticator app") || strings.Contains(r.text, "\n\n\n") {
+		t.Errorf("a plain login code mentions the app, or has an empty paragraph: %q", r.text)
 	}
 	// A code message without its code is refused rather than sent.
 	if _, err := tmpl.render(KindOTPCode, base); err == nil {
@@ -134,7 +155,7 @@ func consumed(remaining, threshold int) *domain.BackupCodeConsumed {
 	return &domain.BackupCodeConsumed{Remaining: remaining, LowThreshold: threshold}
 }
 
-func TestLowCodesDue(t *testing.T) {
+func TestConsumptionNotices(t *testing.T) {
 	set := []domain.Event{&domain.BackupCodesGenerated{Reason: domain.BackupReasonEnabled}}
 	stream := records(set,
 		[]domain.Event{consumed(4, 2)}, []domain.Event{consumed(3, 2)}, []domain.Event{consumed(2, 2)},
@@ -142,17 +163,21 @@ func TestLowCodesDue(t *testing.T) {
 		[]domain.Event{&domain.BackupCodesRegenerated{}},
 		// The tenant raised the threshold mid-set: the first consumption at or below it warns.
 		[]domain.Event{consumed(4, 2)}, []domain.Event{consumed(3, 5)}, []domain.Event{consumed(2, 5)},
-		// A recovery-code policy switched 2FA off in the same command: no warning.
+		// A recovery-code policy switched 2FA off in the same command: "disabled"
+		// alone tells it, above the threshold and at it.
+		set, []domain.Event{consumed(9, 2), &domain.TwoFactorDisabled{Reason: domain.DisabledByRecoveryCode}},
 		set, []domain.Event{consumed(2, 2), &domain.TwoFactorDisabled{Reason: domain.DisabledByRecoveryCode}},
 	)
-	var due []int64
+	got := map[int64][]Kind{}
 	for _, r := range stream {
-		if _, ok := r.Event.(*domain.BackupCodeConsumed); ok && lowCodesDue(stream, r.EventID) {
-			due = append(due, r.Version)
+		if _, ok := r.Event.(*domain.BackupCodeConsumed); ok {
+			got[r.Version] = consumptionNotices(stream, r.EventID)
 		}
 	}
-	if len(due) != 2 || due[0] != 4 || due[1] != 9 {
-		t.Fatalf("warnings at versions %v, want [4 9]", due)
+	used, low := []Kind{KindBackupCodeUsed}, []Kind{KindBackupCodeUsed, KindBackupCodesLow}
+	want := map[int64][]Kind{2: used, 3: used, 4: low, 5: used, 6: used, 8: used, 9: low, 10: used, 12: nil, 15: nil}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("notices by version = %v, want %v", got, want)
 	}
 }
 

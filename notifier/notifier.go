@@ -1,7 +1,7 @@
 // Package notifier tells users about every change to their two-factor setup and
 // delivers the emailed and texted one-time codes.
 //
-// It works in two halves that share a ledger table (migrations/0004):
+// It works in two halves that share a ledger table (migrations/0004, 0011):
 //
 //   - Consumer() is a watermill handler in the consumer group ConsumerGroup. For
 //     each event it records the notifications due (ledger rows keyed by event id
@@ -17,6 +17,11 @@
 // possible only when a worker dies (or loses the database) between a successful
 // send and marking the row sent; the message then has the same Message-ID (and,
 // for SMS, the same Idempotency-Key) as the first copy.
+//
+// Order: a user's notices are sent in the order of the user's events (a notice
+// waits until every earlier one of its user is sent, skipped or dead), whatever
+// the bus, the workers and the retries; users are independent, and one-time
+// codes are outside the order (see claim).
 package notifier
 
 import (
@@ -61,7 +66,8 @@ type Config struct {
 	PollInterval time.Duration
 	// Concurrency is how many messages one process sends at the same time.
 	Concurrency int
-	// MaxAttempts: after this many failed attempts a notification is dead.
+	// MaxAttempts: after this many failed attempts a notification is dead. Until
+	// then a notice holds back its user's later notices, which are sent after it.
 	MaxAttempts int
 	// BackoffBase and BackoffMax bound the wait before a retry: base·2^(n-1),
 	// capped, with jitter (a random value between half and all of it).
@@ -204,13 +210,16 @@ func (n *Notifier) Record(ctx context.Context, rec *eventstore.Record) error {
 	}
 	now := n.clock().UTC()
 	inserted := 0
-	for _, k := range kinds {
+	// The ordinal orders the notices of one event after the event's stream
+	// version: each row is committed before the next, so a worker never sees a
+	// later notice without the earlier ones.
+	for i, k := range kinds {
 		tag, err := n.pool.Exec(ctx, `
-			INSERT INTO notifications (event_id, kind, tenant_id, user_id, stream_id, stream_version,
+			INSERT INTO notifications (event_id, kind, tenant_id, user_id, stream_id, stream_version, ordinal,
 				event_type, priority, next_attempt_at, created_at, updated_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $9)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $10)
 			ON CONFLICT (event_id, kind) DO NOTHING`,
-			rec.EventID, string(k), rec.TenantID, userID, rec.StreamID, rec.Version, rec.Type, k.priority(), now)
+			rec.EventID, string(k), rec.TenantID, userID, rec.StreamID, rec.Version, i, rec.Type, k.priority(), now)
 		if err != nil {
 			return fmt.Errorf("notifier: record %s for event %s: %w", k, rec.EventID, err)
 		}

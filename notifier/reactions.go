@@ -56,6 +56,8 @@ func Kinds() []Kind {
 // to the destination named in the event rather than to the registered address.
 func (k Kind) isCode() bool { return k == KindOTPCode || k == KindSetupCode }
 
+// priority 0 (codes) is claimed first and stays out of the per-user order of
+// the notices (priority 1); the claim and migrations/0011 rely on these values.
 func (k Kind) priority() int {
 	if k.isCode() {
 		return 0
@@ -90,18 +92,11 @@ func (n *Notifier) reactions(ctx context.Context, rec *eventstore.Record) ([]Kin
 	case *domain.BackupCodesRegenerated:
 		return []Kind{KindBackupCodesRegenerated}, nil
 	case *domain.BackupCodeConsumed:
-		kinds := []Kind{KindBackupCodeUsed}
-		if e.Remaining > e.LowThreshold {
-			return kinds, nil
-		}
 		stream, err := n.store.Load(ctx, rec.StreamID)
 		if err != nil {
 			return nil, err
 		}
-		if lowCodesDue(stream, rec.EventID) {
-			kinds = append(kinds, KindBackupCodesLow)
-		}
-		return kinds, nil
+		return consumptionNotices(stream, rec.EventID), nil
 	case *domain.TwoFactorLocked:
 		return []Kind{KindLocked}, nil
 	case *domain.TOTPCheckFailed:
@@ -112,12 +107,11 @@ func (n *Notifier) reactions(ctx context.Context, rec *eventstore.Record) ([]Kin
 	return nil, nil
 }
 
-// lowCodesDue says whether the consumption eventID is the first of its backup-code
-// set to leave the set at or below the warning threshold in force at that time:
-// the warning goes once per set, never again for the last codes, and is not lost
-// when the tenant raises the threshold mid-set. No warning when the same command
-// switched 2FA off (a recovery-code policy): the codes are void anyway.
-func lowCodesDue(stream []*eventstore.Record, eventID string) bool {
+// consumptionNotices are the notices of the backup-code login eventID. When a
+// recovery-code policy switched 2FA off in the same command, that one event
+// decides both, and only "disabled" is true: "a code was used, 9 left" would
+// contradict it (the codes are void), so it says the code was used instead.
+func consumptionNotices(stream []*eventstore.Record, eventID string) []Kind {
 	at := -1
 	for i, r := range stream {
 		if r.EventID == eventID {
@@ -126,19 +120,40 @@ func lowCodesDue(stream []*eventstore.Record, eventID string) bool {
 		}
 	}
 	if at < 0 {
-		return false
+		// A committed event is always in its stream; should it be missing, say
+		// what the event itself says.
+		return []Kind{KindBackupCodeUsed}
 	}
-	consumed, ok := stream[at].Event.(*domain.BackupCodeConsumed)
-	if !ok || consumed.Remaining > consumed.LowThreshold {
-		return false
+	if switchedOffWith(stream, at) {
+		return nil
 	}
+	if lowCodesDue(stream, at) {
+		return []Kind{KindBackupCodeUsed, KindBackupCodesLow}
+	}
+	return []Kind{KindBackupCodeUsed}
+}
+
+// switchedOffWith: the command that recorded stream[at] also switched 2FA off.
+func switchedOffWith(stream []*eventstore.Record, at int) bool {
 	for _, r := range stream[at+1:] {
 		if r.TransactionID != stream[at].TransactionID {
 			break
 		}
 		if _, off := r.Event.(*domain.TwoFactorDisabled); off {
-			return false
+			return true
 		}
+	}
+	return false
+}
+
+// lowCodesDue says whether the consumption stream[at] is the first of its
+// backup-code set to leave the set at or below the warning threshold in force at
+// that time: the warning goes once per set, never again for the last codes, and
+// is not lost when the tenant raises the threshold mid-set.
+func lowCodesDue(stream []*eventstore.Record, at int) bool {
+	consumed, ok := stream[at].Event.(*domain.BackupCodeConsumed)
+	if !ok || consumed.Remaining > consumed.LowThreshold {
+		return false
 	}
 	for i := at - 1; i >= 0; i-- {
 		switch e := stream[i].Event.(type) {

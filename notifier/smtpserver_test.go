@@ -38,8 +38,9 @@ type smtpServer struct {
 	sessions int
 	// rejectRcpt returns an SMTP error for a recipient (permanent failures).
 	rejectRcpt func(to string) error
-	// failData returns an error instead of accepting a message (temporary failures).
-	failData func() error
+	// failData returns an error instead of accepting a message (temporary or
+	// permanent failures of the message it is given).
+	failData func(r received) error
 	// afterStore runs once a message is stored, before the server answers.
 	afterStore func(r received)
 	changed    chan struct{}
@@ -211,16 +212,16 @@ func (se *session) Data(r io.Reader) error {
 	if err != nil {
 		return err
 	}
+	msg := parseReceived(se.s.t, raw)
+	msg.From, msg.To, msg.At = se.from, append([]string(nil), se.to...), time.Now()
 	se.s.mu.Lock()
 	fail := se.s.failData
 	se.s.mu.Unlock()
 	if fail != nil {
-		if err := fail(); err != nil {
+		if err := fail(msg); err != nil {
 			return err
 		}
 	}
-	msg := parseReceived(se.s.t, raw)
-	msg.From, msg.To, msg.At = se.from, append([]string(nil), se.to...), time.Now()
 	se.s.mu.Lock()
 	se.s.msgs = append(se.s.msgs, msg)
 	close(se.s.changed)

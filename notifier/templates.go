@@ -34,9 +34,10 @@ var contents = map[Kind]content{
 		codeIntro: `Your sign-in code`,
 		paragraphs: []string{
 			`It is valid for {{.Lifetime}} and works once. Never share it with anyone: {{.Issuer}} never asks you for it.`,
+			`{{if .SetupApp}}Your sign-in method was switched to an authenticator app. This code signs you in one more time; right after it you will be asked to set up the app: scan the QR code shown with it, enter its first code, and keep the new backup codes shown to you. Codes by {{.Destination}} stop working once the app is set up.{{end}}`,
 			`If you did not just try to sign in, someone may know your password. Do not use the code; change your password and contact {{.Contact}}.`,
 		},
-		sms: `{{.Issuer}} sign-in code: {{.Code}}. Valid {{.Lifetime}}. Never share it. Not you? Contact {{.Contact}}.`,
+		sms: `{{.Issuer}} sign-in code: {{.Code}}. Valid {{.Lifetime}}. Never share it.{{if .SetupApp}} Then set up your authenticator app.{{end}} Not you? Contact {{.Contact}}.`,
 	},
 	KindSetupCode: {
 		subject:   `Confirm your {{.Destination}} for {{.Issuer}}`,
@@ -59,13 +60,13 @@ var contents = map[Kind]content{
 	KindDisabled: {
 		subject: `Two-factor authentication is off`,
 		paragraphs: []string{
-			`{{if eq .Reason "recovery_code_used"}}A backup code was used to sign in to your {{.Issuer}} account on {{.When}} and, as your organisation's policy requires, this switched two-factor authentication off. You will be asked to set it up again at your next sign-in.` +
+			`{{if eq .Reason "recovery_code_used"}}A backup code was used to sign in to your {{.Issuer}} account on {{.When}} and, as your organisation's policy requires, this switched two-factor authentication off. You will be asked to set it up again at your next sign-in: scan the QR code shown with your authenticator app (or confirm your email address or phone number with the code sent to it), then keep the new backup codes shown to you somewhere safe.` +
 				`{{else if .ByAdmin}}An administrator switched two-factor authentication off for your {{.Issuer}} account on {{.When}}.` +
 				`{{else}}Two-factor authentication was switched off for your {{.Issuer}} account on {{.When}}.{{end}}`,
 			`All your backup codes are void, and your second factor no longer protects this account.`,
 			`If you did not expect this, contact {{.Contact}} at once.`,
 		},
-		sms: `{{.Issuer}}: two-factor authentication was switched off for your account and your backup codes are void. Not you? Contact {{.Contact}}.`,
+		sms: `{{.Issuer}}: {{if eq .Reason "recovery_code_used"}}a backup code was used to sign in, which switched two-factor authentication off; your backup codes are void. Set it up again at your next sign-in.{{else}}two-factor authentication was switched off for your account and your backup codes are void.{{end}} Not you? Contact {{.Contact}}.`,
 	},
 	KindReset: {
 		subject: `Your two-factor authentication was reset`,
@@ -186,6 +187,8 @@ type msgData struct {
 	ToName      string
 	Cancelled   bool
 	Remaining   int
+	// SetupApp: a login code sent while the user is to set up the app after a switch.
+	SetupApp bool
 }
 
 type templates struct {
@@ -277,6 +280,9 @@ func (t *templates) render(k Kind, data msgData) (rendered, error) {
 		p, err := execute(pt, data)
 		if err != nil {
 			return r, err
+		}
+		if p == "" {
+			continue // a paragraph that applies only sometimes
 		}
 		paragraphs = append(paragraphs, p)
 	}
