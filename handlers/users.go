@@ -201,7 +201,9 @@ type challengeRequest struct {
 
 type challengeResponse struct {
 	written
-	EnrollmentRequired  bool            `json:"enrollment_required"`
+	EnrollmentRequired bool `json:"enrollment_required"`
+	// CanDisable: offer "Disable 2FA" (DELETE …/two-factor) at this prompt.
+	CanDisable          bool            `json:"can_disable"`
 	Enabled             bool            `json:"enabled"`
 	Methods             []domain.Method `json:"methods"`
 	DefaultMethod       domain.Method   `json:"default_method,omitempty"`
@@ -244,7 +246,7 @@ func (a *API) startChallenge(c *gin.Context) {
 		methods = []domain.Method{}
 	}
 	writeJSON(c, http.StatusOK, challengeResponse{
-		written: written{out.Position}, EnrollmentRequired: out.EnrollmentRequired, Enabled: out.Enabled,
+		written: written{out.Position}, EnrollmentRequired: out.EnrollmentRequired, CanDisable: out.CanDisable, Enabled: out.Enabled,
 		Methods: methods, DefaultMethod: out.DefaultMethod, SetupAppAtNextLogin: out.SetupAppAtNextLogin,
 		BackupCodesLeft: out.BackupCodesLeft, LockedUntil: timePtr(out.LockedUntil),
 		AttemptsRemaining: out.AttemptsRemaining, CodeSentBy: out.CodeSentBy, CodeExpiresAt: timePtr(out.CodeExpiresAt),
