@@ -41,6 +41,9 @@ const (
 	KindLocked Kind = "locked"
 	// KindCodeReplayed: an authenticator code that was already used was tried again.
 	KindCodeReplayed Kind = "code_replayed"
+	// KindRequirementWaived: the user switched "use 2FA" off for themself without
+	// disabling anything (at the enrolment prompt); a disable says it already.
+	KindRequirementWaived Kind = "requirement_waived"
 )
 
 // Kinds lists every kind, for templates, tests and tooling.
@@ -48,7 +51,7 @@ func Kinds() []Kind {
 	return []Kind{
 		KindOTPCode, KindSetupCode, KindEnabled, KindDisabled, KindReset, KindMethodSwitched,
 		KindAuthenticatorReplaced, KindAppSetUp, KindBackupCodesRegenerated, KindBackupCodeUsed,
-		KindBackupCodesLow, KindLocked, KindCodeReplayed,
+		KindBackupCodesLow, KindLocked, KindCodeReplayed, KindRequirementWaived,
 	}
 }
 
@@ -108,8 +111,36 @@ func (n *Notifier) reactions(ctx context.Context, rec *eventstore.Record) ([]Kin
 		if e.Replayed {
 			return []Kind{KindCodeReplayed}, nil
 		}
+	case *domain.TwoFactorRequirementChanged:
+		if e.Required || !e.ByUser() {
+			return nil, nil
+		}
+		stream, err := n.store.Load(ctx, rec.StreamID)
+		if err != nil {
+			return nil, err
+		}
+		if !disabledAlongside(stream, rec) {
+			return []Kind{KindRequirementWaived}, nil
+		}
 	}
 	return nil, nil
+}
+
+// disabledAlongside: the command that recorded rec also switched 2FA off, whose
+// message tells the user already.
+func disabledAlongside(stream []*eventstore.Record, rec *eventstore.Record) bool {
+	var tx uint64
+	for _, r := range stream {
+		if r.EventID == rec.EventID {
+			tx = r.TransactionID
+		}
+	}
+	for _, r := range stream {
+		if _, off := r.Event.(*domain.TwoFactorDisabled); off && tx != 0 && r.TransactionID == tx {
+			return true
+		}
+	}
+	return false
 }
 
 // lowCodesDue says whether the consumption eventID is the first of its backup-code
