@@ -177,7 +177,7 @@ const (
 type TwoFactorRequirementChanged struct {
 	Required bool `json:"required"`
 	// ChangedBy is ChangedByAdmin or ChangedByUser. Events from before users could
-	// change it carry none and were an admin's (see ByUser).
+	// change it carry none and were an admin's (see ByUser). WARNING: durable JSON name.
 	ChangedBy string `json:"changed_by,omitempty"`
 }
 
