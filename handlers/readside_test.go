@@ -13,9 +13,9 @@ import (
 	"github.com/twofactor/twofactor/projections"
 )
 
-// The admin list, coverage and status come from the real read models, kept by
-// the real projector behind a watermill router; a write's position is readable
-// at once with min_position.
+// The admin list and coverage come from the real read models, kept by the real
+// projector behind a watermill router; a write's position is readable at once
+// with min_position.
 func TestReadModelRoutesReadTheirWrites(t *testing.T) {
 	h := newHarness(t, nil, func(_ *handlers.Config, d *handlers.Deps) {
 		d.Reads = handlers.ProjectionReads(projections.NewQueries(d.Pool, projections.QueryOptions{Clock: d.Clock, Wait: 2 * time.Second}))
