@@ -43,7 +43,7 @@ func (s *Service) DisableTwoFactor(ctx context.Context, meta Meta, cmd DisableTw
 	})
 }
 
-// RequireTwoFactor turns "use 2FA" on or off for a user (admin).
+// RequireTwoFactor turns "use 2FA" on or off (an admin, or the user for themself with "can toggle 2FA").
 type RequireTwoFactor struct {
 	TenantID, UserID string
 	Required         bool

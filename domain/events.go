@@ -164,9 +164,25 @@ type TwoFactorDisabled struct {
 // TwoFactorReset wipes the setup; the user must enrol again at the next login.
 type TwoFactorReset struct{}
 
+// Who changed "use 2FA" (TwoFactorRequirementChanged.ChangedBy).
+// WARNING: durable values, stored in events.
+const (
+	ChangedByAdmin = "admin"
+	ChangedByUser  = "user"
+)
+
+// TwoFactorRequirementChanged switches "use 2FA" on or off. An admin does it for
+// any user; a user with "can toggle 2FA" for themself, which at the enrolment
+// prompt is how they decline 2FA ("Disable 2FA" there).
 type TwoFactorRequirementChanged struct {
 	Required bool `json:"required"`
+	// ChangedBy is ChangedByAdmin or ChangedByUser. Events from before users could
+	// change it carry none and were an admin's (see ByUser). WARNING: durable JSON name.
+	ChangedBy string `json:"changed_by,omitempty"`
 }
+
+// ByUser: the user changed it for themself rather than an admin.
+func (e *TwoFactorRequirementChanged) ByUser() bool { return e.ChangedBy == ChangedByUser }
 
 type TogglePermissionChanged struct {
 	CanToggle bool `json:"can_toggle"`

@@ -20,10 +20,12 @@ type UserTwoFactor struct {
 // userState is everything the events taught the aggregate. Its fields are
 // exported only for the JSON of snapshots; the type itself stays private.
 type userState struct {
-	Forgotten bool  `json:"forgotten,omitempty"`
-	Required  bool  `json:"required,omitempty"`
-	CanToggle *bool `json:"can_toggle,omitempty"` // nil: the tenant's default
-	Enabled   bool  `json:"enabled,omitempty"`
+	Forgotten bool `json:"forgotten,omitempty"`
+	Required  bool `json:"required,omitempty"`
+	// RequirementChangedBy: who last switched "use 2FA" (ChangedBy*), "" if nobody did.
+	RequirementChangedBy string `json:"requirement_changed_by,omitempty"`
+	CanToggle            *bool  `json:"can_toggle,omitempty"` // nil: the tenant's default
+	Enabled              bool   `json:"enabled,omitempty"`
 	// EverEnabled tells "disabled" apart from "never activated".
 	EverEnabled    bool   `json:"ever_enabled,omitempty"`
 	DisabledReason string `json:"disabled_reason,omitempty"`
@@ -262,6 +264,13 @@ func (u *UserTwoFactor) Apply(e Event, at time.Time) {
 		u.st.LockedUntil = time.Time{}
 	case *TwoFactorRequirementChanged:
 		u.st.Required = e.Required
+		u.st.RequirementChangedBy = ChangedByAdmin
+		if e.ByUser() {
+			u.st.RequirementChangedBy = ChangedByUser
+			// The user declined 2FA: a re-enrolment demanded by a reset or a
+			// recovery code goes with the requirement, or the prompt would stay.
+			u.st.MustReenroll = u.st.MustReenroll && e.Required
+		}
 	case *TogglePermissionChanged:
 		v := e.CanToggle
 		u.st.CanToggle = &v
@@ -413,23 +422,25 @@ const (
 
 // Snapshot is a read-only view of the aggregate at a moment.
 type Snapshot struct {
-	TenantID             string    `json:"tenant_id"`
-	UserID               string    `json:"user_id"`
-	Version              int64     `json:"version"`
-	Status               Status    `json:"status"`
-	Enabled              bool      `json:"enabled"`
-	Methods              []Method  `json:"methods"`
-	DefaultMethod        Method    `json:"default_method,omitempty"`
-	PendingMethods       []Method  `json:"pending_methods"`
-	BackupCodesRemaining int       `json:"backup_codes_remaining"`
-	Required             bool      `json:"required"`
-	CanToggle            bool      `json:"can_toggle"`
-	MustEnroll           bool      `json:"must_enroll"`
-	SetupAppAtNextLogin  bool      `json:"setup_app_at_next_login"`
-	LockedUntil          time.Time `json:"locked_until,omitempty"`
-	AttemptsRemaining    int       `json:"attempts_remaining"`
-	LastVerifiedAt       time.Time `json:"last_verified_at,omitempty"`
-	LastVerifiedMethod   Method    `json:"last_verified_method,omitempty"`
+	TenantID             string   `json:"tenant_id"`
+	UserID               string   `json:"user_id"`
+	Version              int64    `json:"version"`
+	Status               Status   `json:"status"`
+	Enabled              bool     `json:"enabled"`
+	Methods              []Method `json:"methods"`
+	DefaultMethod        Method   `json:"default_method,omitempty"`
+	PendingMethods       []Method `json:"pending_methods"`
+	BackupCodesRemaining int      `json:"backup_codes_remaining"`
+	Required             bool     `json:"required"`
+	// RequirementWaivedBy says who switched "use 2FA" off (ChangedBy*) while it is off.
+	RequirementWaivedBy string    `json:"requirement_waived_by,omitempty"`
+	CanToggle           bool      `json:"can_toggle"`
+	MustEnroll          bool      `json:"must_enroll"`
+	SetupAppAtNextLogin bool      `json:"setup_app_at_next_login"`
+	LockedUntil         time.Time `json:"locked_until,omitempty"`
+	AttemptsRemaining   int       `json:"attempts_remaining"`
+	LastVerifiedAt      time.Time `json:"last_verified_at,omitempty"`
+	LastVerifiedMethod  Method    `json:"last_verified_method,omitempty"`
 }
 
 // Snapshot derives the status at `now` under policy p.
@@ -453,6 +464,9 @@ func (u *UserTwoFactor) Snapshot(now time.Time, p Policy) Snapshot {
 	}
 	if s.Methods == nil {
 		s.Methods = []Method{}
+	}
+	if !u.st.Required {
+		s.RequirementWaivedBy = u.st.RequirementChangedBy
 	}
 	if u.locked(now) {
 		s.LockedUntil = u.st.LockedUntil
@@ -510,7 +524,9 @@ func (u *UserTwoFactor) attemptsRemaining(now time.Time, p Policy) int {
 // StateSchema names the meaning of a saved state. Bump it whenever Apply or
 // userState change meaning: saved states of another schema are then ignored and
 // rebuilt from the stream.
-const StateSchema = 1
+//
+// 2: RequirementChangedBy (states of 1 lack it for an admin's waiver).
+const StateSchema = 2
 
 // SaveState serialises the aggregate's state for a snapshot (a cache: the stream
 // stays the truth).

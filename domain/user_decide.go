@@ -307,7 +307,9 @@ func (u *UserTwoFactor) ConfirmOTPMethod(env Env, m Method, matched bool, backup
 
 // LoginOptions is what a login needs to know before asking for a second factor.
 type LoginOptions struct {
-	EnrollmentRequired  bool      `json:"enrollment_required"`
+	EnrollmentRequired bool `json:"enrollment_required"`
+	// CanDisable: the prompt may offer "Disable 2FA" (DisableTwoFactor by the user).
+	CanDisable          bool      `json:"can_disable"`
 	Enabled             bool      `json:"enabled"`
 	Methods             []Method  `json:"methods"`
 	DefaultMethod       Method    `json:"default_method,omitempty"`
@@ -334,6 +336,7 @@ func (u *UserTwoFactor) LoginOptions(env Env) (LoginOptions, error) {
 		BackupCodesLeft:     u.backupCodesRemaining(),
 		AttemptsRemaining:   u.attemptsRemaining(now, p),
 	}
+	o.CanDisable = (u.st.Enabled || o.EnrollmentRequired) && p.DisableBy != DisableBySuperAdmins && u.mayToggle(p)
 	if !u.st.Enabled {
 		return o, nil
 	}
@@ -522,7 +525,10 @@ func (u *UserTwoFactor) RemoveMethod(env Env, m Method) ([]Event, error) {
 	return []Event{&MethodRemoved{Method: m}}, nil
 }
 
-// DisableTwoFactor switches 2FA off and voids every backup code.
+// DisableTwoFactor switches 2FA off and voids every backup code. For a user it
+// means "I do not use 2FA": allowed with "can toggle 2FA" (unless the tenant
+// reserves disabling to super admins), and it waives "use 2FA" too, so a
+// required user who never enrolled is let in from the enrolment prompt.
 func (u *UserTwoFactor) DisableTwoFactor(env Env) ([]Event, error) {
 	if err := u.selfOrAdmin(env); err != nil {
 		return nil, err
@@ -535,31 +541,62 @@ func (u *UserTwoFactor) DisableTwoFactor(env Env) ([]Event, error) {
 	case env.Actor.Kind == ActorAdmin:
 	default:
 		reason = DisabledByUser
-		if !u.mayToggle(env.Policy) {
-			return nil, Forbidden(CodeNotAllowed, "this user cannot switch 2FA off")
-		}
-		if u.st.Required {
-			return nil, Forbidden(CodeRequired, "2FA is required for this user")
+		if err := u.userMayToggle(env); err != nil {
+			return nil, err
 		}
 	}
 	if !u.st.Enabled {
+		// At the enrolment prompt there is no factor to verify with yet.
+		if reason == DisabledByUser && u.mustEnroll() {
+			return []Event{&TwoFactorRequirementChanged{Required: false, ChangedBy: ChangedByUser}}, nil
+		}
 		return nil, Precondition(CodeNotEnrolled, "two-factor authentication is not enabled")
 	}
 	if err := u.requireFresh(env); err != nil {
 		return nil, err
 	}
-	return []Event{&TwoFactorDisabled{Reason: reason}}, nil
+	events := []Event{&TwoFactorDisabled{Reason: reason}}
+	if reason == DisabledByUser && u.st.Required {
+		events = append(events, &TwoFactorRequirementChanged{Required: false, ChangedBy: ChangedByUser})
+	}
+	return events, nil
 }
 
-// RequireTwoFactor turns "use 2FA" on or off for a user.
+// userMayToggle: "can toggle 2FA" lets a user change "use 2FA" for themself;
+// without it only an admin can.
+func (u *UserTwoFactor) userMayToggle(env Env) error {
+	if u.mayToggle(env.Policy) {
+		return nil
+	}
+	if u.st.Required {
+		return Forbidden(CodeRequired, "2FA is required for this user; only an admin can waive it")
+	}
+	return Forbidden(CodeNotAllowed, "this user cannot switch 2FA on or off")
+}
+
+// RequireTwoFactor turns "use 2FA" on or off: an admin for any user, a user
+// with "can toggle 2FA" for themself (off only where users may disable).
 func (u *UserTwoFactor) RequireTwoFactor(env Env, required bool) ([]Event, error) {
-	if err := u.admin(env); err != nil {
+	if err := u.selfOrAdmin(env); err != nil {
 		return nil, err
 	}
-	if u.st.Required == required {
+	if env.Actor.isAdmin() {
+		if u.st.Required == required {
+			return nil, Precondition(CodeNothingToChange, "no change")
+		}
+		return []Event{&TwoFactorRequirementChanged{Required: required, ChangedBy: ChangedByAdmin}}, nil
+	}
+	if !required && env.Policy.DisableBy == DisableBySuperAdmins {
+		return nil, Forbidden(CodeNotAllowed, "only a super admin can disable 2FA in this tenant")
+	}
+	if err := u.userMayToggle(env); err != nil {
+		return nil, err
+	}
+	// A pending re-enrolment is part of what the user waives (see Apply).
+	if u.st.Required == required && (required || !u.st.MustReenroll) {
 		return nil, Precondition(CodeNothingToChange, "no change")
 	}
-	return []Event{&TwoFactorRequirementChanged{Required: required}}, nil
+	return []Event{&TwoFactorRequirementChanged{Required: required, ChangedBy: ChangedByUser}}, nil
 }
 
 // SetTogglePermission grants or withdraws "can toggle 2FA".

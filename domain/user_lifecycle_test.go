@@ -320,7 +320,7 @@ func TestLoginOptions(t *testing.T) {
 		o, err := s.u.LoginOptions(s.user())
 		wantNoError(t, err)
 		want := LoginOptions{
-			Enabled: true, Methods: []Method{MethodTOTP, MethodEmail}, DefaultMethod: MethodTOTP,
+			CanDisable: true, Enabled: true, Methods: []Method{MethodTOTP, MethodEmail}, DefaultMethod: MethodTOTP,
 			BackupCodesLeft: 10, LockedUntil: s.now.Add(15 * time.Minute), AttemptsRemaining: 0,
 		}
 		if !reflect.DeepEqual(o, want) {

@@ -29,6 +29,8 @@ type requirementResponse struct {
 	Changed  bool `json:"changed"`
 }
 
+// setRequirement is an admin route that app keys use too: a user with "can
+// toggle 2FA" sets "use 2FA" for themself (the domain decides).
 func (a *API) setRequirement(c *gin.Context) {
 	tenant, user, actor, err := a.target(c)
 	if err != nil {

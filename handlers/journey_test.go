@@ -233,7 +233,6 @@ func TestAdminRoutes(t *testing.T) {
 	h.do(call{method: "PUT", path: userPath("dave", "/requirement"), token: tok, actor: "superadmin:bob", body: map[string]any{"required": true}}).want(403, "forbidden")
 	h.do(call{method: "PUT", path: userPath("dave", "/requirement"), token: tok, actor: "admin bob", body: map[string]any{"required": true}}).want(400, "invalid_actor")
 	appTok, _ := h.app()
-	h.do(call{method: "PUT", path: userPath("dave", "/requirement"), token: appTok, body: map[string]any{"required": true}}).want(403, "forbidden")
 	h.do(call{method: "GET", path: userPath("dave", ""), token: appTok, actor: "user:eve"}).want(400, "invalid_actor")
 
 	// Require 2FA: the next login must enrol.
@@ -249,7 +248,11 @@ func TestAdminRoutes(t *testing.T) {
 		t.Fatalf("required user challenge: %v", ch)
 	}
 	_, _ = h.enrolTOTP("dave")
-	h.asUser("DELETE", "dave", "/two-factor", nil).want(403, "forbidden_by_policy")
+	// Required, and not allowed to toggle: only an admin switches it off.
+	h.asAdmin("PUT", "dave", "/toggle-permission", map[string]any{"can_toggle": false}).want(200)
+	if p := h.asUser("DELETE", "dave", "/two-factor", nil).want(403, "forbidden_by_policy"); p.str("reason") != domain.CodeRequired {
+		t.Fatalf("reason: %s", p.raw)
+	}
 
 	// Can toggle.
 	h.enrolTOTP("erin")

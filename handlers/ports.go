@@ -19,13 +19,15 @@ type UserStatus struct {
 	PendingMethods       []domain.Method `json:"pending_methods"`
 	BackupCodesRemaining int             `json:"backup_codes_remaining"`
 	Required             bool            `json:"required"`
-	CanToggle            bool            `json:"can_toggle"`
-	MustEnroll           bool            `json:"must_enroll"`
-	SetupAppAtNextLogin  bool            `json:"setup_app_at_next_login"`
-	LockedUntil          *time.Time      `json:"locked_until,omitempty"`
-	AttemptsRemaining    *int            `json:"attempts_remaining,omitempty"`
-	LastVerifiedAt       *time.Time      `json:"last_verified_at,omitempty"`
-	LastVerifiedMethod   domain.Method   `json:"last_verified_method,omitempty"`
+	// RequirementWaivedBy: "user" or "admin", who switched "use 2FA" off (absent when on or never set).
+	RequirementWaivedBy string        `json:"requirement_waived_by,omitempty"`
+	CanToggle           bool          `json:"can_toggle"`
+	MustEnroll          bool          `json:"must_enroll"`
+	SetupAppAtNextLogin bool          `json:"setup_app_at_next_login"`
+	LockedUntil         *time.Time    `json:"locked_until,omitempty"`
+	AttemptsRemaining   *int          `json:"attempts_remaining,omitempty"`
+	LastVerifiedAt      *time.Time    `json:"last_verified_at,omitempty"`
+	LastVerifiedMethod  domain.Method `json:"last_verified_method,omitempty"`
 	// Version is the user's stream version the view reflects.
 	Version int64 `json:"version"`
 	// UpdatedAt is when the read model last changed the row (read-model views only).
@@ -37,7 +39,8 @@ func StatusFromSnapshot(s domain.Snapshot) UserStatus {
 	u := UserStatus{
 		UserID: s.UserID, Status: s.Status, Enabled: s.Enabled, Methods: s.Methods,
 		DefaultMethod: s.DefaultMethod, PendingMethods: s.PendingMethods,
-		BackupCodesRemaining: s.BackupCodesRemaining, Required: s.Required, CanToggle: s.CanToggle,
+		BackupCodesRemaining: s.BackupCodesRemaining, Required: s.Required, RequirementWaivedBy: s.RequirementWaivedBy,
+		CanToggle:  s.CanToggle,
 		MustEnroll: s.MustEnroll, SetupAppAtNextLogin: s.SetupAppAtNextLogin,
 		LastVerifiedMethod: s.LastVerifiedMethod, Version: s.Version,
 	}
@@ -100,7 +103,6 @@ var ErrReadTimeout = errors.New("read model did not reach the requested position
 // ReadModels is what the API needs from the read side. minPosition > 0 asks
 // the read model to wait (bounded) until it has applied that log position.
 type ReadModels interface {
-	GetUser(ctx context.Context, tenantID, userID string, minPosition int64) (UserStatus, error)
 	ListUsers(ctx context.Context, tenantID string, q UserQuery, minPosition int64) (UserPage, error)
 	Coverage(ctx context.Context, tenantID string, minPosition int64) (Coverage, error)
 }

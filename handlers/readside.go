@@ -43,14 +43,6 @@ func statusOfRow(s projections.UserStatus) UserStatus {
 	return u
 }
 
-func (r projectionReads) GetUser(ctx context.Context, tenantID, userID string, minPosition int64) (UserStatus, error) {
-	s, err := r.q.GetUser(ctx, tenantID, userID, projections.ReadOptions{MinPosition: minPosition})
-	if err != nil {
-		return UserStatus{}, readErr(err)
-	}
-	return statusOfRow(s), nil
-}
-
 func (r projectionReads) ListUsers(ctx context.Context, tenantID string, q UserQuery, minPosition int64) (UserPage, error) {
 	page, err := r.q.ListUsers(ctx, tenantID,
 		projections.UserFilter{Status: q.Status, Method: q.Method, Required: q.Required, LowBackupCodes: q.LowBackupCodes, Locked: q.Locked},

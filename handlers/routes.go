@@ -63,7 +63,7 @@ func (a *API) routes() {
 	u.POST("/backup-codes", a.allow(all...), a.regenerateBackupCodes)
 	u.DELETE("/two-factor", a.allow(all...), a.disable)
 	u.POST("/method-switch", a.allow(all...), a.switchMethod)
-	u.PUT("/requirement", a.allow(admins...), a.setRequirement)
+	u.PUT("/requirement", a.allow(all...), a.setRequirement)
 	u.PUT("/toggle-permission", a.allow(admins...), a.setTogglePermission)
 	u.POST("/reset", a.allow(admins...), a.reset)
 	u.DELETE("/lock", a.allow(admins...), a.unlock)

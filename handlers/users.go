@@ -2,7 +2,6 @@ package handlers
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"time"
 
@@ -25,12 +24,11 @@ func (a *API) getUser(c *gin.Context) {
 		a.fail(c, err)
 		return
 	}
-	pos, err := minPosition(c)
-	if err != nil {
+	if _, err := minPosition(c); err != nil {
 		a.fail(c, err)
 		return
 	}
-	status, err := a.userStatus(c.Request.Context(), apiKey(c).Role, tenant, user, pos)
+	status, err := a.userStatus(c.Request.Context(), tenant, user)
 	if err != nil {
 		a.fail(c, err)
 		return
@@ -38,16 +36,11 @@ func (a *API) getUser(c *gin.Context) {
 	writeJSON(c, http.StatusOK, status)
 }
 
-// userStatus reads from the read model for admins when there is one (waiting for
-// min_position), and otherwise replays the stream, which is always current.
-func (a *API) userStatus(ctx context.Context, role Role, tenant, user string, pos int64) (UserStatus, error) {
-	if a.reads != nil && role != RoleApp {
-		s, err := a.reads.GetUser(ctx, tenant, user, pos)
-		if errors.Is(err, ErrReadTimeout) {
-			return UserStatus{}, readTimeout()
-		}
-		return s, err
-	}
+// userStatus replays the user's stream for every role, so a frontend that
+// writes and then shows the user never sees "not found" or an older state while
+// the projector catches up. It includes every committed write, so min_position
+// is met without waiting; lists and coverage stay read-model reads.
+func (a *API) userStatus(ctx context.Context, tenant, user string) (UserStatus, error) {
 	snap, err := a.cmd.Status(ctx, tenant, user)
 	if err != nil {
 		return UserStatus{}, err
@@ -201,7 +194,9 @@ type challengeRequest struct {
 
 type challengeResponse struct {
 	written
-	EnrollmentRequired  bool            `json:"enrollment_required"`
+	EnrollmentRequired bool `json:"enrollment_required"`
+	// CanDisable: offer "Disable 2FA" (DELETE …/two-factor) at this prompt.
+	CanDisable          bool            `json:"can_disable"`
 	Enabled             bool            `json:"enabled"`
 	Methods             []domain.Method `json:"methods"`
 	DefaultMethod       domain.Method   `json:"default_method,omitempty"`
@@ -244,7 +239,7 @@ func (a *API) startChallenge(c *gin.Context) {
 		methods = []domain.Method{}
 	}
 	writeJSON(c, http.StatusOK, challengeResponse{
-		written: written{out.Position}, EnrollmentRequired: out.EnrollmentRequired, Enabled: out.Enabled,
+		written: written{out.Position}, EnrollmentRequired: out.EnrollmentRequired, CanDisable: out.CanDisable, Enabled: out.Enabled,
 		Methods: methods, DefaultMethod: out.DefaultMethod, SetupAppAtNextLogin: out.SetupAppAtNextLogin,
 		BackupCodesLeft: out.BackupCodesLeft, LockedUntil: timePtr(out.LockedUntil),
 		AttemptsRemaining: out.AttemptsRemaining, CodeSentBy: out.CodeSentBy, CodeExpiresAt: timePtr(out.CodeExpiresAt),

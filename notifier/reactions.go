@@ -41,6 +41,9 @@ const (
 	KindLocked Kind = "locked"
 	// KindCodeReplayed: an authenticator code that was already used was tried again.
 	KindCodeReplayed Kind = "code_replayed"
+	// KindRequirementWaived: the user switched "use 2FA" off for themself without
+	// disabling anything (at the enrolment prompt); a disable says it already.
+	KindRequirementWaived Kind = "requirement_waived"
 )
 
 // Kinds lists every kind, for templates, tests and tooling.
@@ -48,7 +51,7 @@ func Kinds() []Kind {
 	return []Kind{
 		KindOTPCode, KindSetupCode, KindEnabled, KindDisabled, KindReset, KindMethodSwitched,
 		KindAuthenticatorReplaced, KindAppSetUp, KindBackupCodesRegenerated, KindBackupCodeUsed,
-		KindBackupCodesLow, KindLocked, KindCodeReplayed,
+		KindBackupCodesLow, KindLocked, KindCodeReplayed, KindRequirementWaived,
 	}
 }
 
@@ -103,6 +106,17 @@ func (n *Notifier) reactions(ctx context.Context, rec *eventstore.Record) ([]Kin
 		if e.Replayed {
 			return []Kind{KindCodeReplayed}, nil
 		}
+	case *domain.TwoFactorRequirementChanged:
+		if e.Required || !e.ByUser() {
+			return nil, nil
+		}
+		stream, err := n.store.Load(ctx, rec.StreamID)
+		if err != nil {
+			return nil, err
+		}
+		if at := indexOf(stream, rec.EventID); at >= 0 && !switchedOffWith(stream, at) {
+			return []Kind{KindRequirementWaived}, nil
+		}
 	}
 	return nil, nil
 }
@@ -112,13 +126,7 @@ func (n *Notifier) reactions(ctx context.Context, rec *eventstore.Record) ([]Kin
 // decides both, and only "disabled" is true: "a code was used, 9 left" would
 // contradict it (the codes are void), so it says the code was used instead.
 func consumptionNotices(stream []*eventstore.Record, eventID string) []Kind {
-	at := -1
-	for i, r := range stream {
-		if r.EventID == eventID {
-			at = i
-			break
-		}
-	}
+	at := indexOf(stream, eventID)
 	if at < 0 {
 		// A committed event is always in its stream; should it be missing, say
 		// what the event itself says.
@@ -133,13 +141,20 @@ func consumptionNotices(stream []*eventstore.Record, eventID string) []Kind {
 	return []Kind{KindBackupCodeUsed}
 }
 
-// switchedOffWith: the command that recorded stream[at] also switched 2FA off.
-func switchedOffWith(stream []*eventstore.Record, at int) bool {
-	for _, r := range stream[at+1:] {
-		if r.TransactionID != stream[at].TransactionID {
-			break
+func indexOf(stream []*eventstore.Record, eventID string) int {
+	for i, r := range stream {
+		if r.EventID == eventID {
+			return i
 		}
-		if _, off := r.Event.(*domain.TwoFactorDisabled); off {
+	}
+	return -1
+}
+
+// switchedOffWith: the command that recorded stream[at] also switched 2FA off
+// (its events share a transaction), whose message then tells the user already.
+func switchedOffWith(stream []*eventstore.Record, at int) bool {
+	for _, r := range stream {
+		if _, off := r.Event.(*domain.TwoFactorDisabled); off && r.TransactionID == stream[at].TransactionID {
 			return true
 		}
 	}

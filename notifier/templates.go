@@ -29,6 +29,15 @@ type content struct {
 const notYou = `If this was not you, contact {{.Contact}} at once.`
 
 var contents = map[Kind]content{
+	KindRequirementWaived: {
+		subject: `You chose to sign in without two-factor authentication`,
+		paragraphs: []string{
+			`On {{.When}} you chose to sign in to your {{.Issuer}} account without two-factor authentication, so it is no longer asked of you at sign-in.`,
+			`Your password alone now protects this account. You can set up two-factor authentication again at any time.`,
+			notYou,
+		},
+		sms: `{{.Issuer}}: you chose to sign in without two-factor authentication; your password alone now protects your account. Not you? Contact {{.Contact}}.`,
+	},
 	KindOTPCode: {
 		subject:   `Your {{.Issuer}} sign-in code`,
 		codeIntro: `Your sign-in code`,

@@ -160,6 +160,7 @@ type userRow struct {
 	BackupCodesRemaining int
 	LowBackupCodes       bool
 	Required             bool
+	RequirementWaivedBy  string
 	CanToggle            bool
 	MustEnroll           bool
 	SetupAppAtNextLogin  bool
@@ -190,6 +191,7 @@ func deriveRow(u *userEntry, p domain.Policy) *userRow {
 		BackupCodesRemaining: base.BackupCodesRemaining,
 		LowBackupCodes:       base.Enabled && base.BackupCodesRemaining <= p.LowBackupCodesWarn,
 		Required:             base.Required,
+		RequirementWaivedBy:  base.RequirementWaivedBy,
 		CanToggle:            base.CanToggle,
 		MustEnroll:           base.MustEnroll,
 		SetupAppAtNextLogin:  base.SetupAppAtNextLogin,

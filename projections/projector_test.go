@@ -39,10 +39,17 @@ func TestLiveProjectionEqualsRebuildAndTheDomain(t *testing.T) {
 	for countEvents(steps) < 10_200 {
 		steps = append(steps, s.steps(200)...)
 	}
+	if n := userWaivers(steps); n < 20 {
+		t.Fatalf("only %d waivers of the requirement by the user in the history", n)
+	}
 	feed(t, l, steps, 40, 1)
 	l.caughtUp(60 * time.Second)
 	if n := eventCount(t, pool); n < 10_000 {
 		t.Fatalf("only %d events", n)
+	}
+	var waived int
+	if err := pool.QueryRow(t.Context(), `SELECT count(*) FROM user_status WHERE requirement_waived_by = 'user'`).Scan(&waived); err != nil || waived == 0 {
+		t.Fatalf("%d rows waived by the user (%v)", waived, err)
 	}
 	liveRows := dump(t, pool)
 	if len(liveRows["user_status"]) < 400 {

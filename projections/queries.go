@@ -84,11 +84,13 @@ type UserStatus struct {
 	BackupCodesRemaining int             `json:"backup_codes_remaining"`
 	// LowBackupCodes: 2FA is on and at most the tenant's warning threshold of
 	// backup codes remain.
-	LowBackupCodes      bool `json:"low_backup_codes"`
-	Required            bool `json:"required"`
-	CanToggle           bool `json:"can_toggle"`
-	MustEnroll          bool `json:"must_enroll"`
-	SetupAppAtNextLogin bool `json:"setup_app_at_next_login"`
+	LowBackupCodes bool `json:"low_backup_codes"`
+	Required       bool `json:"required"`
+	// RequirementWaivedBy: who switched "use 2FA" off (domain.ChangedBy*), while it is off.
+	RequirementWaivedBy string `json:"requirement_waived_by,omitempty"`
+	CanToggle           bool   `json:"can_toggle"`
+	MustEnroll          bool   `json:"must_enroll"`
+	SetupAppAtNextLogin bool   `json:"setup_app_at_next_login"`
 	// LockedUntil is zero unless the user is locked now.
 	LockedUntil        time.Time     `json:"locked_until,omitempty"`
 	AttemptsRemaining  int           `json:"attempts_remaining"`
@@ -108,7 +110,8 @@ func (s UserStatus) Snapshot() domain.Snapshot {
 	return domain.Snapshot{
 		TenantID: s.TenantID, UserID: s.UserID, Version: s.Version, Status: s.Status, Enabled: s.Enabled,
 		Methods: s.Methods, DefaultMethod: s.DefaultMethod, PendingMethods: s.PendingMethods,
-		BackupCodesRemaining: s.BackupCodesRemaining, Required: s.Required, CanToggle: s.CanToggle,
+		BackupCodesRemaining: s.BackupCodesRemaining, Required: s.Required, RequirementWaivedBy: s.RequirementWaivedBy,
+		CanToggle:  s.CanToggle,
 		MustEnroll: s.MustEnroll, SetupAppAtNextLogin: s.SetupAppAtNextLogin, LockedUntil: s.LockedUntil,
 		AttemptsRemaining: s.AttemptsRemaining, LastVerifiedAt: s.LastVerifiedAt, LastVerifiedMethod: s.LastVerifiedMethod,
 	}
@@ -166,7 +169,8 @@ type Checkpoint struct {
 
 const userColumns = `tenant_id, user_id, status_base, enabled, methods, default_method, pending::text, pending_until,
 	backup_codes_remaining, low_backup_codes, required, can_toggle, must_enroll, setup_app_at_next_login,
-	locked_until, attempts_remaining, last_verified_at, last_verified_method, version, position, updated_at`
+	locked_until, attempts_remaining, last_verified_at, last_verified_method, version, position, updated_at,
+	requirement_waived_by`
 
 func (q *Queries) scanUser(row pgx.Row, now time.Time) (UserStatus, error) {
 	var s UserStatus
@@ -175,7 +179,8 @@ func (q *Queries) scanUser(row pgx.Row, now time.Time) (UserStatus, error) {
 	var pendingUntil, lockedUntil, lastVerified *time.Time
 	if err := row.Scan(&s.TenantID, &s.UserID, &base, &s.Enabled, &methods, &dflt, &pending, &pendingUntil,
 		&s.BackupCodesRemaining, &s.LowBackupCodes, &s.Required, &s.CanToggle, &s.MustEnroll, &s.SetupAppAtNextLogin,
-		&lockedUntil, &s.AttemptsRemaining, &lastVerified, &lastMethod, &s.Version, &s.Position, &s.UpdatedAt); err != nil {
+		&lockedUntil, &s.AttemptsRemaining, &lastVerified, &lastMethod, &s.Version, &s.Position, &s.UpdatedAt,
+		&s.RequirementWaivedBy); err != nil {
 		return s, err
 	}
 	s.Status = statusAt(domain.Status(base), s.Enabled, lockedUntil, pendingUntil, now)

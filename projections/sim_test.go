@@ -147,6 +147,12 @@ func (s *sim) try() (step, bool) {
 		p.LockoutThreshold = 3 + r.IntN(4)
 		p.LowBackupCodesWarn = 1 + r.IntN(3)
 		p.RecoveryCodeDisables = r.IntN(2) == 0
+		if r.IntN(4) == 0 {
+			p.DisableBy = map[domain.DisablePermission]domain.DisablePermission{
+				domain.DisableByAdminsAndTogglers: domain.DisableBySuperAdmins,
+				domain.DisableBySuperAdmins:       domain.DisableByAdminsAndTogglers,
+			}[p.DisableBy]
+		}
 		events, err := tn.agg.ChangePolicy(domain.Actor{Kind: domain.ActorSuperAdmin, ID: "root"}, p)
 		if err != nil || len(events) == 0 {
 			return step{}, false
@@ -191,7 +197,7 @@ func (s *sim) try() (step, bool) {
 	_, pendingOTP := u.agg.PendingSetupCode(otp)
 	_, challenged := u.agg.PendingChallengeCode(otp)
 	if !u.agg.Enabled() {
-		switch pick(30, 25, 20, 8, 8, 4, 3, 2) {
+		switch pick(30, 25, 20, 8, 8, 4, 3, 2, 4) {
 		case 0:
 			if pendingTOTP {
 				var steps []int64
@@ -211,13 +217,16 @@ func (s *sim) try() (step, bool) {
 		case 2:
 			events, _ = u.agg.StartTOTPEnrollment(env, totpParams)
 		case 3:
-			events, _ = u.agg.RequireTwoFactor(adminEnv, coin(60))
+			events, _ = u.agg.RequireTwoFactor([]domain.Env{env, adminEnv}[r.IntN(2)], coin(60))
 		case 4:
 			events, _ = u.agg.SetTogglePermission(adminEnv, coin(50))
 		case 5:
 			events, _ = u.agg.ResetTwoFactor(adminEnv)
 		case 6:
 			events, _ = u.agg.Unlock(adminEnv)
+		case 8:
+			// "Disable 2FA" at the enrolment prompt: the user waives the requirement.
+			events, _ = u.agg.DisableTwoFactor(env)
 		default:
 			if coin(20) {
 				events, _ = u.agg.ForgetUser(adminEnv)
@@ -269,7 +278,7 @@ func (s *sim) try() (step, bool) {
 		case 7:
 			events, _ = u.agg.SwitchMethod([]domain.Env{env, adminEnv}[r.IntN(2)], anyMethod, "sealed-destination")
 		case 8:
-			events, _ = u.agg.RequireTwoFactor(adminEnv, coin(60))
+			events, _ = u.agg.RequireTwoFactor([]domain.Env{env, adminEnv}[r.IntN(2)], coin(60))
 		case 9:
 			events, _ = u.agg.SetTogglePermission(adminEnv, coin(50))
 		case 10:
@@ -350,6 +359,19 @@ func (s *sim) steps(n int) []step {
 }
 
 // events counts the events of steps.
+// userWaivers counts the users' own waivers of "use 2FA".
+func userWaivers(steps []step) int {
+	n := 0
+	for _, st := range steps {
+		for _, e := range st.events {
+			if c, ok := e.(*domain.TwoFactorRequirementChanged); ok && !c.Required && c.ByUser() {
+				n++
+			}
+		}
+	}
+	return n
+}
+
 func countEvents(steps []step) int {
 	n := 0
 	for _, st := range steps {

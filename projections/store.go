@@ -341,7 +341,7 @@ func flush(ctx context.Context, tx pgx.Tx, t tableSet, m *model, src source, ch 
 type rowColumns struct {
 	n                                       int
 	tenant, user, base, methods, dflt       []string
-	pending, lastMethod                     []string
+	pending, lastMethod, waivedBy           []string
 	enabled, low, required, canToggle       []bool
 	mustEnroll, setupApp                    []bool
 	pendingUntil, lockedUntil, lastVerified []*time.Time
@@ -363,6 +363,7 @@ func (c *rowColumns) add(r *userRow) {
 	c.codes = append(c.codes, int32(r.BackupCodesRemaining))
 	c.low = append(c.low, r.LowBackupCodes)
 	c.required = append(c.required, r.Required)
+	c.waivedBy = append(c.waivedBy, r.RequirementWaivedBy)
 	c.canToggle = append(c.canToggle, r.CanToggle)
 	c.mustEnroll = append(c.mustEnroll, r.MustEnroll)
 	c.setupApp = append(c.setupApp, r.SetupAppAtNextLogin)
@@ -377,7 +378,8 @@ func (c *rowColumns) add(r *userRow) {
 
 const statusColumns = `tenant_id, user_id, status_base, enabled, methods, default_method, pending, pending_until,
 	backup_codes_remaining, low_backup_codes, required, can_toggle, must_enroll, setup_app_at_next_login,
-	locked_until, attempts_remaining, last_verified_at, last_verified_method, version, position, updated_at`
+	locked_until, attempts_remaining, last_verified_at, last_verified_method, version, position, updated_at,
+	requirement_waived_by`
 
 func (c *rowColumns) upsertSQL(table string) string {
 	var set []string
@@ -388,11 +390,11 @@ func (c *rowColumns) upsertSQL(table string) string {
 		}
 	}
 	return `INSERT INTO ` + ident(table) + ` AS s (` + statusColumns + `)
-		SELECT t, u, b, en, string_to_array(m, ','), d, p::jsonb, pu, bc, low, req, ct, me, sa, lu, ar, lv, lm, v, pos, ua
+		SELECT t, u, b, en, string_to_array(m, ','), d, p::jsonb, pu, bc, low, req, ct, me, sa, lu, ar, lv, lm, v, pos, ua, wb
 		FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::text[], $7::text[], $8::timestamptz[],
 			$9::int[], $10::bool[], $11::bool[], $12::bool[], $13::bool[], $14::bool[], $15::timestamptz[], $16::int[],
-			$17::timestamptz[], $18::text[], $19::bigint[], $20::bigint[], $21::timestamptz[])
-			AS r(t, u, b, en, m, d, p, pu, bc, low, req, ct, me, sa, lu, ar, lv, lm, v, pos, ua)
+			$17::timestamptz[], $18::text[], $19::bigint[], $20::bigint[], $21::timestamptz[], $22::text[])
+			AS r(t, u, b, en, m, d, p, pu, bc, low, req, ct, me, sa, lu, ar, lv, lm, v, pos, ua, wb)
 		ON CONFLICT (tenant_id, user_id) DO UPDATE SET ` + strings.Join(set, ", ") + `
 		WHERE s.version <= excluded.version`
 }
@@ -400,7 +402,7 @@ func (c *rowColumns) upsertSQL(table string) string {
 func (c *rowColumns) args() []any {
 	return []any{c.tenant, c.user, c.base, c.enabled, c.methods, c.dflt, c.pending, c.pendingUntil,
 		c.codes, c.low, c.required, c.canToggle, c.mustEnroll, c.setupApp, c.lockedUntil, c.attempts,
-		c.lastVerified, c.lastMethod, c.version, c.position, c.updatedAt}
+		c.lastVerified, c.lastMethod, c.version, c.position, c.updatedAt, c.waivedBy}
 }
 
 // copyRow is a row for COPY (rebuild), in statusColumns order.
@@ -408,7 +410,7 @@ func copyRow(r *userRow) []any {
 	return []any{r.TenantID, r.UserID, string(r.StatusBase), r.Enabled, methodStrings(r.Methods), string(r.DefaultMethod),
 		json.RawMessage(pendingJSON(r.Pending)), r.PendingUntil, int32(r.BackupCodesRemaining), r.LowBackupCodes, r.Required,
 		r.CanToggle, r.MustEnroll, r.SetupAppAtNextLogin, r.LockedUntil, int32(r.AttemptsRemaining), r.LastVerifiedAt,
-		string(r.LastVerifiedMethod), r.Version, r.Position, r.UpdatedAt}
+		string(r.LastVerifiedMethod), r.Version, r.Position, r.UpdatedAt, r.RequirementWaivedBy}
 }
 
 func methodStrings(ms []domain.Method) []string {

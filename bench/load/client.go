@@ -193,13 +193,19 @@ func (c *Client) Challenge(ctx context.Context, user string) Response {
 	return c.do(ctx, http.MethodPost, userPath(user, "/challenges"), asApp, nil)
 }
 
-// GetUser is an admin's GET /v1/users/{user}, waiting for minPosition when > 0.
-func (c *Client) GetUser(ctx context.Context, user string, minPosition int64) Response {
-	q := ""
+// GetUser is an admin's GET /v1/users/{user} (read from the user's stream).
+func (c *Client) GetUser(ctx context.Context, user string) Response {
+	return c.do(ctx, http.MethodGet, userPath(user, ""), asAdmin, nil)
+}
+
+// Visible is an admin's read of the read model (the first user of the list),
+// waiting until it shows minPosition when > 0.
+func (c *Client) Visible(ctx context.Context, minPosition int64) Response {
+	q := "/v1/users?limit=1"
 	if minPosition > 0 {
-		q = fmt.Sprintf("?min_position=%d", minPosition)
+		q += fmt.Sprintf("&min_position=%d", minPosition)
 	}
-	return c.do(ctx, http.MethodGet, userPath(user, q), asAdmin, nil)
+	return c.do(ctx, http.MethodGet, q, asAdmin, nil)
 }
 
 // ListUsers is an admin's GET /v1/users with a filter and a keyset cursor.

@@ -17,7 +17,7 @@ type LagResult struct {
 	Duration time.Duration `json:"duration_ns"`
 	Commands int64         `json:"commands"`
 	// Lag: from the command's answer (its transaction committed) to the answer
-	// of an admin's GET /v1/users/{u}?min_position=P (the read model shows P).
+	// of an admin's GET /v1/users?limit=1&min_position=P (the read model shows P).
 	Lag LatencySummary `json:"lag"`
 	// Read is the same GET for an already visible position: the HTTP round trip
 	// included in Lag.
@@ -126,7 +126,7 @@ func lag(ctx context.Context, c *Client, pool *Pool, rate int, d time.Duration, 
 			commands.Add(1)
 			cmds.Add(r.Latency)
 			committed := time.Now()
-			g := c.GetUser(ctx, u.ID, position(r.Body))
+			g := c.Visible(ctx, position(r.Body))
 			if !g.OK() {
 				notVisible.Add(g.Kind())
 				return
@@ -134,7 +134,7 @@ func lag(ctx context.Context, c *Client, pool *Pool, rate int, d time.Duration, 
 			lags.Add(time.Since(committed))
 			if i%10 == 0 {
 				// The round trip of a read that does not wait.
-				if g := c.GetUser(ctx, u.ID, 0); g.OK() {
+				if g := c.Visible(ctx, 0); g.OK() {
 					reads.Add(g.Latency)
 				}
 			}

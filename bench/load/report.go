@@ -143,7 +143,7 @@ func (r *Report) WriteText(w io.Writer) {
 	}
 	if l := r.Lag; l != nil {
 		p("")
-		p("Read side: %d TOTP logins at %d/s (achieved %.0f/s) for %v; after each, an admin's GET /v1/users/{u}?min_position=<its position>.",
+		p("Read side: %d TOTP logins at %d/s (achieved %.0f/s) for %v; after each, an admin's GET /v1/users?limit=1&min_position=<its position>.",
 			l.Commands, l.Rate, l.Achieved, l.Duration.Round(time.Second))
 		p("")
 		p("| commit-to-visible lag | p50 ms | p95 ms | p99 ms | max ms |")

@@ -289,7 +289,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 		rep.GrowthAppended, rep.GrowthAppend = growth.appended, growth.took
 		cfg.logf("growth: %d events in %v; waiting for the consumers", growth.appended, growth.took.Round(time.Millisecond))
-		if err := waitVisible(ctx, client, growth.users[cfg.GrowthLengths[0]][0].ID, growth.lastPos, 5*time.Minute); err != nil {
+		if err := waitVisible(ctx, client, growth.lastPos, 5*time.Minute); err != nil {
 			return nil, err
 		}
 		cfg.quiesce(ctx)
@@ -415,10 +415,10 @@ func waitReady(ctx context.Context, api string) error {
 }
 
 // waitVisible waits until the read model shows position (via min_position).
-func waitVisible(ctx context.Context, c *Client, user string, position int64, limit time.Duration) error {
+func waitVisible(ctx context.Context, c *Client, position int64, limit time.Duration) error {
 	deadline := time.Now().Add(limit)
 	for {
-		r := c.GetUser(ctx, user, position)
+		r := c.Visible(ctx, position)
 		if r.OK() {
 			return nil
 		}

@@ -262,7 +262,7 @@ func mixed(ctx context.Context, c *Client, part *Partition, s *Scenario, st *mix
 		done(op, c.Verify(ctx, fmt.Sprintf("nobody-%s-%d", runID, rng.IntN(1_000_000)), "totp", "123456"), expect{404, "user_not_found"})
 	case "admin get user":
 		u := part.Random(rng)
-		done(op, c.GetUser(ctx, u.ID, 0))
+		done(op, c.GetUser(ctx, u.ID))
 	case "admin list users":
 		q := url.Values{"status": {"activated"}, "limit": {"50"}}
 		if st.cursor != "" && st.pages < 5 {

@@ -290,7 +290,7 @@ func TestEndToEndWithTheBinaryAndARealSMTPServer(t *testing.T) {
 		t.Fatalf("login with the emailed code: %v", v)
 	}
 
-	// The read model caught up with the last write, and admins see it.
+	// Admins see the last write: the user's status (from the stream) and the list once the read model caught up.
 	pos := int64(v["position"].(float64))
 	st := api.call("GET", fmt.Sprintf("/v1/users/zoe?min_position=%d", pos), admin, "admin:bob", nil, 200)
 	if st["default_method"] != "email" || st["last_verified_method"] != "email" {
