@@ -100,8 +100,21 @@ func (w *natsWorker) stop() {
 	})
 }
 
-func (w *natsWorker) applied() float64 {
-	return counter(w.t, w.reg, "twofactor_read_model_events_total", map[string]string{"outcome": "applied"})
+func (w *natsWorker) applied() float64 { return w.events("applied") }
+
+func (w *natsWorker) events(outcome string) float64 {
+	return counter(w.t, w.reg, "twofactor_read_model_events_total", map[string]string{"outcome": outcome})
+}
+
+// totalOf adds up the projector's events of an outcome over every worker.
+func totalOf(workers, retired []*natsWorker, mu *sync.Mutex, outcome string) float64 {
+	mu.Lock()
+	defer mu.Unlock()
+	n := 0.0
+	for _, w := range append(append([]*natsWorker{}, workers...), retired...) {
+		n += w.events(outcome)
+	}
+	return n
 }
 
 // The read-side equality test on the NATS bus: a random history over 400 users
@@ -132,15 +145,7 @@ func TestLiveProjectionOnNATSEqualsRebuild(t *testing.T) {
 	var retired []*natsWorker
 	seen := &arrivals{t: t, version: map[string]int64{}, ids: map[string]bool{}}
 	workers := []*natsWorker{startNATSWorker(t, pool, ncfg, listener, seen), startNATSWorker(t, pool, ncfg, listener, seen)}
-	total := func() float64 {
-		mu.Lock()
-		defer mu.Unlock()
-		n := 0.0
-		for _, w := range append(append([]*natsWorker{}, workers...), retired...) {
-			n += w.applied()
-		}
-		return n
-	}
+	total := func() float64 { return totalOf(workers, retired, &mu, "applied") }
 	var fed sync.WaitGroup
 	fed.Go(func() {
 		rng := rand.New(rand.NewPCG(21, 7))
@@ -182,8 +187,17 @@ func TestLiveProjectionOnNATSEqualsRebuild(t *testing.T) {
 		t.Fatalf("read model did not reach position %d: %v", pos, err)
 	}
 	n := eventCount(t, pool)
-	if applied := total(); int(applied) != n {
+	// Never applied twice. Fewer may be counted than the log holds: a worker
+	// stopped while its COMMIT is in flight may have committed without hearing
+	// so (its hooks, which count, do not run); its successor gets those events
+	// again and finds them applied (duplicates). The rows are checked below.
+	switch applied, dup := total(), totalOf(workers, retired, &mu, "duplicate"); {
+	case int(applied) > n:
 		t.Errorf("applied %v events across the workers; the log has %d", applied, n)
+	case int(applied+dup) < n:
+		t.Errorf("applied %v and skipped %v events across the workers; the log has %d", applied, dup, n)
+	case int(applied) < n:
+		t.Logf("applied %v events across the workers, and found the rest applied (a COMMIT cut short by a stop)", applied)
 	}
 	seen.mu.Lock()
 	if len(seen.ids) != n {
