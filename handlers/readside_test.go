@@ -13,10 +13,10 @@ import (
 	"github.com/twofactor/twofactor/projections"
 )
 
-// The admin list and coverage come from the real read models, kept by the real
-// projector behind a watermill router; a write's position is readable at once
-// with min_position.
-func TestReadModelRoutesReadTheirWrites(t *testing.T) {
+// newReadSideHarness is the harness with the real read models, kept by the
+// real projector behind a watermill router for the test's duration.
+func newReadSideHarness(t *testing.T) *harness {
+	t.Helper()
 	h := newHarness(t, nil, func(_ *handlers.Config, d *handlers.Deps) {
 		d.Reads = handlers.ProjectionReads(projections.NewQueries(d.Pool, projections.QueryOptions{Clock: d.Clock, Wait: 2 * time.Second}))
 	})
@@ -28,6 +28,14 @@ func TestReadModelRoutesReadTheirWrites(t *testing.T) {
 	go func() { defer close(done); _ = router.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
 	<-router.Running()
+	return h
+}
+
+// The admin list and coverage come from the real read models, kept by the real
+// projector behind a watermill router; a write's position is readable at once
+// with min_position.
+func TestReadModelRoutesReadTheirWrites(t *testing.T) {
+	h := newReadSideHarness(t)
 
 	h.enrolTOTP("nia")
 	h.enrolTOTP("oli")

@@ -1,17 +1,12 @@
 package handlers_test
 
 import (
-	"context"
 	"fmt"
 	"testing"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
-
 	"github.com/twofactor/twofactor/domain"
 	"github.com/twofactor/twofactor/handlers"
-	"github.com/twofactor/twofactor/messaging"
-	"github.com/twofactor/twofactor/projections"
 )
 
 // lastRequirementChange returns the user's last TwoFactorRequirementChanged and who recorded it.
@@ -176,17 +171,7 @@ func TestUserRequiresTwoFactorForThemself(t *testing.T) {
 // An admin's read of one user right after a write to that user: never 404 and
 // never older than the write, whatever the projector is doing.
 func TestAdminReadsAUserRightAfterTheWrite(t *testing.T) {
-	h := newHarness(t, nil, func(_ *handlers.Config, d *handlers.Deps) {
-		d.Reads = handlers.ProjectionReads(projections.NewQueries(d.Pool, projections.QueryOptions{Clock: d.Clock, Wait: 2 * time.Second}))
-	})
-	router, err := messaging.NewRouter(h.Pool, messaging.DefaultConfig(), watermill.NopLogger{},
-		[]messaging.Consumer{projections.NewProjector(h.Pool, h.Store, projections.ProjectorOptions{}).Consumer()})
-	must(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = router.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	<-router.Running()
+	h := newReadSideHarness(t)
 
 	tok, actor := h.admin()
 	for i := range 60 {
