@@ -94,8 +94,11 @@ func (w *bufferedWriter) Status() int {
 
 // middleware runs after authentication on mutating routes.
 func (a *API) idempotent(c *gin.Context) {
+	// A header sent empty is refused, not taken for none: a client that meant
+	// to send a key would otherwise lose its retries' protection silently.
+	keys := c.Request.Header.Values("Idempotency-Key")
 	key := c.GetHeader("Idempotency-Key")
-	if key == "" || c.Request.Method == http.MethodGet || c.Request.Method == http.MethodHead {
+	if len(keys) == 0 || c.Request.Method == http.MethodGet || c.Request.Method == http.MethodHead {
 		c.Next()
 		return
 	}

@@ -1,10 +1,13 @@
 package handlers
 
 import (
+	"regexp"
+
 	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"github.com/getkin/kin-openapi/openapi3"
 	"log/slog"
 	"mime"
 	"net/http"
@@ -112,9 +115,16 @@ func (a *API) timeout(c *gin.Context) {
 	c.Next()
 }
 
-// bodyRules: a body must be JSON (415 otherwise) and no larger than the cap (413).
+// bodyRules: a body must be JSON (415 otherwise) and no larger than the cap
+// (413), on the routes whose operation takes one. Elsewhere a body is dropped
+// unread: those operations list neither 413 nor 415, and nothing reads it.
 func (a *API) bodyRules(c *gin.Context) {
 	r := c.Request
+	if !a.takesBody[r.Method+" "+c.FullPath()] {
+		r.Body, r.ContentLength = http.NoBody, 0
+		c.Next()
+		return
+	}
 	if r.ContentLength > a.cfg.MaxBodyBytes {
 		a.fail(c, &http.MaxBytesError{Limit: a.cfg.MaxBodyBytes})
 		return
@@ -279,3 +289,24 @@ func writeJSONBody(c *gin.Context, v any) {
 	}
 	c.Writer.Write(append(b, '\n')) //nolint:errcheck // the client went away
 }
+
+// bodyRoutes lists, as Gin routes ("POST /v1/users/:user_id/challenges"), the
+// operations of the contract that take a request body.
+func bodyRoutes(doc []byte) (map[string]bool, error) {
+	spec, err := openapi3.NewLoader().LoadFromData(doc)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	for path, item := range spec.Paths.Map() {
+		route := openapiParam.ReplaceAllString(path, ":$1")
+		for method, op := range item.Operations() {
+			if op.RequestBody != nil {
+				out[method+" "+route] = true
+			}
+		}
+	}
+	return out, nil
+}
+
+var openapiParam = regexp.MustCompile(`\{([a-z_]+)\}`)

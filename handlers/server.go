@@ -115,7 +115,9 @@ type Deps struct {
 
 // API is the HTTP API.
 type API struct {
-	cfg         Config
+	cfg Config
+	// takesBody: the routes whose operation has a request body (from the contract).
+	takesBody   map[string]bool
 	cmd         *commands.Service
 	pool        *pgxpool.Pool
 	keys        *KeyStore
@@ -157,11 +159,20 @@ func New(cfg Config, d Deps) (*API, error) {
 		a.operatorKey = []byte(d.OperatorKey)
 	}
 	a.idem = &idempotency{pool: d.Pool, secrets: d.Secrets, ttl: cfg.IdempotencyTTL, now: d.Clock}
+	takesBody, err := bodyRoutes(OpenAPI)
+	if err != nil {
+		return nil, fmt.Errorf("handlers: openapi.yaml: %w", err)
+	}
+	a.takesBody = takesBody
 	engine := gin.New()
 	if err := engine.SetTrustedProxies(cfg.TrustedProxies); err != nil {
 		return nil, fmt.Errorf("handlers: trusted proxies: %w", err)
 	}
 	engine.HandleMethodNotAllowed = true
+	// No redirects: a path the contract does not list (a trailing slash, an
+	// empty id) answers the documented 404 problem, not an HTML 301.
+	engine.RedirectTrailingSlash = false
+	engine.RedirectFixedPath = false
 	// Raw paths keep %2F inside a user id from splitting the path.
 	engine.UseRawPath = true
 	engine.UnescapePathValues = true

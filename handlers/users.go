@@ -350,9 +350,11 @@ func (a *API) changeDefaultMethod(c *gin.Context) {
 }
 
 type contactAddressRequest struct {
-	Method  string `json:"method"`
-	Address string `json:"address"`
-	Reason  string `json:"reason"`
+	Method string `json:"method"`
+	// A pointer: the contract requires address, and its absence must not read
+	// as the empty address that removes it.
+	Address *string `json:"address"`
+	Reason  string  `json:"reason"`
 }
 
 type contactAddressResponse struct {
@@ -382,9 +384,13 @@ func (a *API) setContactAddress(c *gin.Context) {
 		a.fail(c, err)
 		return
 	}
+	if req.Address == nil {
+		a.fail(c, domain.Invalid(domain.CodeInvalidArgument, "address is required (empty removes it)"))
+		return
+	}
 	meta := a.meta(c, actor, req.Reason)
 	out, changed, ok := a.changeCommand(c, "SetContactAddress", true, func(ctx context.Context) (commands.Result, error) {
-		return a.cmd.SetContactAddress(ctx, meta, commands.SetContactAddress{TenantID: tenant, UserID: user, Method: method, Address: req.Address})
+		return a.cmd.SetContactAddress(ctx, meta, commands.SetContactAddress{TenantID: tenant, UserID: user, Method: method, Address: *req.Address})
 	})
 	if !ok {
 		return
