@@ -100,46 +100,6 @@ func (a *API) setTogglePermission(c *gin.Context) {
 	writeJSON(c, http.StatusOK, toggleResponse{written: written{out.Position}, CanToggle: *req.CanToggle, Changed: changed})
 }
 
-// simpleAdmin runs an admin command whose body is only an optional reason.
-func (a *API) simpleAdmin(c *gin.Context, name string, run func(ctx context.Context, meta commands.Meta, tenant, user string) (commands.Result, error)) {
-	tenant, user, actor, err := a.target(c)
-	if err != nil {
-		a.fail(c, err)
-		return
-	}
-	reason, ok := a.optionalReason(c)
-	if !ok {
-		return
-	}
-	meta := a.meta(c, actor, reason)
-	var out commands.Result
-	if !a.command(c, name, true, func(ctx context.Context) (err error) {
-		out, err = run(ctx, meta, tenant, user)
-		return err
-	}) {
-		return
-	}
-	writeJSON(c, http.StatusOK, written{out.Position})
-}
-
-func (a *API) reset(c *gin.Context) {
-	a.simpleAdmin(c, "ResetTwoFactor", func(ctx context.Context, meta commands.Meta, tenant, user string) (commands.Result, error) {
-		return a.cmd.ResetTwoFactor(ctx, meta, commands.ResetTwoFactor{TenantID: tenant, UserID: user})
-	})
-}
-
-func (a *API) unlock(c *gin.Context) {
-	a.simpleAdmin(c, "UnlockTwoFactor", func(ctx context.Context, meta commands.Meta, tenant, user string) (commands.Result, error) {
-		return a.cmd.UnlockTwoFactor(ctx, meta, commands.UnlockTwoFactor{TenantID: tenant, UserID: user})
-	})
-}
-
-func (a *API) forgetUser(c *gin.Context) {
-	a.simpleAdmin(c, "ForgetUser", func(ctx context.Context, meta commands.Meta, tenant, user string) (commands.Result, error) {
-		return a.cmd.ForgetUser(ctx, meta, commands.ForgetUser{TenantID: tenant, UserID: user})
-	})
-}
-
 func notImplemented(what string) error {
 	return newAPIError(http.StatusNotImplemented, codeNotImplemented, what+" is not available in this build yet")
 }

@@ -40,6 +40,8 @@ func (a *API) routes() {
 	readers := []Role{RoleAdmin, RoleSuperAdmin, RoleAuditor}
 	auditors := []Role{RoleAuditor, RoleSuperAdmin}
 
+	gen := a.generated()
+
 	t := v1.Group("", a.authenticate, a.idempotent)
 	t.GET("/policy", a.allow(all...), a.getPolicy)
 	t.PATCH("/policy", a.allow(admins...), a.patchPolicy)
@@ -52,21 +54,21 @@ func (a *API) routes() {
 	t.GET("/users", a.allow(readers...), a.listUsers)
 	u := t.Group("/users/:user_id")
 	u.GET("", a.allow(all...), a.getUser)
-	u.DELETE("", a.allow(admins...), a.forgetUser)
+	u.DELETE("", a.allow(admins...), gen.ForgetUser)
 	u.POST("/enrollments/:method", a.allow(all...), a.startEnrollment)
 	u.POST("/enrollments/:method/confirmation", a.allow(all...), a.confirmEnrollment)
 	u.POST("/challenges", a.allow(all...), a.startChallenge)
 	u.POST("/verifications", a.allow(all...), a.verify)
 	u.PUT("/default-method", a.allow(all...), a.changeDefaultMethod)
 	u.PUT("/contact-address", a.allow(all...), a.setContactAddress)
-	u.DELETE("/methods/:method", a.allow(all...), a.removeMethod)
+	u.DELETE("/methods/:method", a.allow(all...), gen.RemoveMethod)
 	u.POST("/backup-codes", a.allow(all...), a.regenerateBackupCodes)
-	u.DELETE("/two-factor", a.allow(all...), a.disable)
+	u.DELETE("/two-factor", a.allow(all...), gen.Disable)
 	u.POST("/method-switch", a.allow(all...), a.switchMethod)
 	u.PUT("/requirement", a.allow(all...), a.setRequirement)
 	u.PUT("/toggle-permission", a.allow(admins...), a.setTogglePermission)
-	u.POST("/reset", a.allow(admins...), a.reset)
-	u.DELETE("/lock", a.allow(admins...), a.unlock)
+	u.POST("/reset", a.allow(admins...), gen.Reset)
+	u.DELETE("/lock", a.allow(admins...), gen.Unlock)
 
 	au := t.Group("/audit", a.allow(auditors...))
 	au.GET("/events", a.auditFeed)

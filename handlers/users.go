@@ -398,55 +398,11 @@ func (a *API) setContactAddress(c *gin.Context) {
 	writeJSON(c, http.StatusOK, contactAddressResponse{written: written{out.Position}, Changed: changed})
 }
 
-// reasonRequest is the optional body of admin actions: why, for the audit trail.
-type reasonRequest struct {
-	Reason string `json:"reason"`
-}
-
 func checkReason(r string) error {
 	if len(r) > 500 {
 		return domain.Invalid(domain.CodeInvalidArgument, "reason must be at most 500 bytes")
 	}
 	return nil
-}
-
-func (a *API) optionalReason(c *gin.Context) (string, bool) {
-	var req reasonRequest
-	if err := bind(c, &req, true); err != nil {
-		a.fail(c, err)
-		return "", false
-	}
-	if err := checkReason(req.Reason); err != nil {
-		a.fail(c, err)
-		return "", false
-	}
-	return req.Reason, true
-}
-
-func (a *API) removeMethod(c *gin.Context) {
-	tenant, user, actor, err := a.target(c)
-	if err != nil {
-		a.fail(c, err)
-		return
-	}
-	method, err := domain.ParseMethod(c.Param("method"))
-	if err != nil {
-		a.fail(c, err)
-		return
-	}
-	reason, ok := a.optionalReason(c)
-	if !ok {
-		return
-	}
-	meta := a.meta(c, actor, reason)
-	var out commands.Result
-	if !a.command(c, "RemoveMethod", true, func(ctx context.Context) (err error) {
-		out, err = a.cmd.RemoveMethod(ctx, meta, commands.RemoveMethod{TenantID: tenant, UserID: user, Method: method})
-		return err
-	}) {
-		return
-	}
-	writeJSON(c, http.StatusOK, written{out.Position})
 }
 
 type backupCodesResponse struct {
@@ -474,27 +430,6 @@ func (a *API) regenerateBackupCodes(c *gin.Context) {
 		return
 	}
 	writeJSON(c, http.StatusCreated, backupCodesResponse{written: written{out.Position}, BackupCodes: out.BackupCodes})
-}
-
-func (a *API) disable(c *gin.Context) {
-	tenant, user, actor, err := a.target(c)
-	if err != nil {
-		a.fail(c, err)
-		return
-	}
-	reason, ok := a.optionalReason(c)
-	if !ok {
-		return
-	}
-	meta := a.meta(c, actor, reason)
-	var out commands.Result
-	if !a.command(c, "DisableTwoFactor", true, func(ctx context.Context) (err error) {
-		out, err = a.cmd.DisableTwoFactor(ctx, meta, commands.DisableTwoFactor{TenantID: tenant, UserID: user})
-		return err
-	}) {
-		return
-	}
-	writeJSON(c, http.StatusOK, written{out.Position})
 }
 
 type switchRequest struct {
