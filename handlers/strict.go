@@ -80,31 +80,68 @@ func (a *API) bodyShape(c *gin.Context) {
 	c.Request.Body = io.NopCloser(bytes.NewReader(body))
 }
 
-// record runs a command on the user in the path, counting its outcome; an
-// error on a user the tenant has never seen becomes 404 (missingUser).
-func (s strictServer) record(ctx context.Context, name, reason string, run func(ctx context.Context, meta commands.Meta, tenant, user string) (commands.Result, error)) (api.RecordedJSONResponse, error) {
+// request is what every operation on the user in the path starts from: the
+// tenant (the key's), the user, and the events' metadata.
+type request struct {
+	c            *gin.Context
+	tenant, user string
+	meta         commands.Meta
+}
+
+// begin resolves the user in the path and the actor, and checks the reason.
+func (s strictServer) begin(ctx context.Context, reason string) (request, error) {
 	c := ctx.(*gin.Context)
 	tenant, user, actor, err := s.a.target(c)
 	if err == nil {
 		err = checkReason(reason)
 	}
+	return request{c: c, tenant: tenant, user: user, meta: s.a.meta(c, actor, reason)}, err
+}
+
+// done counts a command's outcome; an error on a user the tenant has never
+// seen becomes 404 (missingUser) where the command needs the user.
+func (s strictServer) done(r request, name string, needsUser bool, err error) error {
+	s.a.metrics.command(name, err)
+	if err != nil && needsUser {
+		err = s.a.missingUser(r.c, err)
+	}
+	return err
+}
+
+// changed is done for a setting a repeated request may find in place: the
+// domain's "nothing to change" answers 200 with changed false, so that a PUT
+// can be repeated safely.
+func (s strictServer) changed(r request, name string, err error) (bool, error) {
+	if errors.Is(err, domain.Precondition(domain.CodeNothingToChange, "")) {
+		return false, s.done(r, name, true, nil)
+	}
+	return true, s.done(r, name, true, err)
+}
+
+// record runs a command on the user in the path whose answer is its position.
+func (s strictServer) record(ctx context.Context, name, reason string, run func(ctx context.Context, meta commands.Meta, tenant, user string) (commands.Result, error)) (api.RecordedJSONResponse, error) {
+	r, err := s.begin(ctx, reason)
 	if err != nil {
 		return api.RecordedJSONResponse{}, err
 	}
-	out, err := run(c.Request.Context(), s.a.meta(c, actor, reason), tenant, user)
-	s.a.metrics.command(name, err)
-	if err != nil {
-		return api.RecordedJSONResponse{}, s.a.missingUser(c, err)
-	}
-	return api.RecordedJSONResponse{Position: int(out.Position)}, nil
+	out, err := run(r.c.Request.Context(), r.meta, r.tenant, r.user)
+	return api.RecordedJSONResponse{Position: int(out.Position)}, s.done(r, name, true, err)
 }
 
 // reasonOf is the optional reason of a body.
 func reasonOf(body *api.ReasonRequest) string {
-	if body == nil || body.Reason == nil {
+	if body == nil {
 		return ""
 	}
-	return *body.Reason
+	return deref(body.Reason)
+}
+
+// deref is an optional string of a body, empty when absent.
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
 }
 
 func (s strictServer) Reset(ctx context.Context, r api.ResetRequestObject) (api.ResetResponseObject, error) {
@@ -144,4 +181,82 @@ func (s strictServer) RemoveMethod(ctx context.Context, r api.RemoveMethodReques
 		return s.a.cmd.RemoveMethod(ctx, meta, commands.RemoveMethod{TenantID: tenant, UserID: user, Method: method})
 	})
 	return api.RemoveMethod200JSONResponse{RecordedJSONResponse: out}, err
+}
+
+func (s strictServer) ChangeDefaultMethod(ctx context.Context, in api.ChangeDefaultMethodRequestObject) (api.ChangeDefaultMethodResponseObject, error) {
+	r, err := s.begin(ctx, deref(in.Body.Reason))
+	if err != nil {
+		return nil, err
+	}
+	method, err := domain.ParseMethod(string(in.Body.Method))
+	if err != nil {
+		return nil, err
+	}
+	out, err := s.a.cmd.ChangeDefaultMethod(r.c.Request.Context(), r.meta, commands.ChangeDefaultMethod{TenantID: r.tenant, UserID: r.user, Method: method})
+	changed, err := s.changed(r, "ChangeDefaultMethod", err)
+	return api.ChangeDefaultMethod200JSONResponse{Position: int(out.Position), DefaultMethod: api.Method(method), Changed: changed}, err
+}
+
+func (s strictServer) SwitchMethod(ctx context.Context, in api.SwitchMethodRequestObject) (api.SwitchMethodResponseObject, error) {
+	r, err := s.begin(ctx, deref(in.Body.Reason))
+	if err != nil {
+		return nil, err
+	}
+	to, err := domain.ParseMethod(string(in.Body.To))
+	if err != nil {
+		return nil, err
+	}
+	out, err := s.a.cmd.SwitchMethod(r.c.Request.Context(), r.meta, commands.SwitchMethod{TenantID: r.tenant, UserID: r.user, To: to, Destination: deref(in.Body.Destination)})
+	return api.SwitchMethod200JSONResponse{Position: int(out.Position), To: api.Method(to)}, s.done(r, "SwitchMethod", true, err)
+}
+
+func (s strictServer) ConfirmEnrollment(ctx context.Context, in api.ConfirmEnrollmentRequestObject) (api.ConfirmEnrollmentResponseObject, error) {
+	r, err := s.begin(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	method, err := parseEnrolMethod(string(in.Method))
+	if err != nil {
+		return nil, err
+	}
+	var out commands.Activation
+	name := "ConfirmOTPMethod"
+	if method == domain.MethodTOTP {
+		name = "ConfirmTOTPEnrollment"
+		out, err = s.a.cmd.ConfirmTOTPEnrollment(r.c.Request.Context(), r.meta, commands.ConfirmTOTPEnrollment{TenantID: r.tenant, UserID: r.user, Code: in.Body.Code})
+	} else {
+		out, err = s.a.cmd.ConfirmOTPMethod(r.c.Request.Context(), r.meta, commands.ConfirmOTPMethod{TenantID: r.tenant, UserID: r.user, Method: method, Code: in.Body.Code})
+	}
+	res := api.ConfirmEnrollment200JSONResponse{Position: int(out.Position), Method: api.Method(method), Enabled: true}
+	if len(out.BackupCodes) > 0 {
+		res.BackupCodes = &out.BackupCodes
+	}
+	return res, s.done(r, name, true, err)
+}
+
+func (s strictServer) Verify(ctx context.Context, in api.VerifyRequestObject) (api.VerifyResponseObject, error) {
+	r, err := s.begin(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	run := r.c.Request.Context()
+	var out commands.Verification
+	var name string
+	switch method := domain.Method(in.Body.Method); method {
+	case domain.MethodTOTP:
+		name = "VerifyTOTP"
+		out, err = s.a.cmd.VerifyTOTP(run, r.meta, commands.VerifyTOTP{TenantID: r.tenant, UserID: r.user, Code: in.Body.Code})
+	case domain.MethodEmail, domain.MethodSMS:
+		name = "VerifyOTP"
+		out, err = s.a.cmd.VerifyOTP(run, r.meta, commands.VerifyOTP{TenantID: r.tenant, UserID: r.user, Method: method, Code: in.Body.Code})
+	case domain.MethodBackup:
+		name = "ConsumeBackupCode"
+		out, err = s.a.cmd.ConsumeBackupCode(run, r.meta, commands.ConsumeBackupCode{TenantID: r.tenant, UserID: r.user, Code: in.Body.Code})
+	default:
+		return nil, domain.Invalid("invalid_method", "method must be totp, email, sms or backup_code")
+	}
+	return api.Verify200JSONResponse{
+		Position: int(out.Position), Verified: true, Method: api.VerifyMethod(out.Method),
+		BackupCodesRemaining: out.BackupCodesRemaining, TwoFactorDisabled: out.TwoFactorDisabled,
+	}, s.done(r, name, true, err)
 }
