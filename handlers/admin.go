@@ -1,7 +1,6 @@
 package handlers
 
 import (
-	"context"
 	"errors"
 	"net/http"
 	"strconv"
@@ -11,94 +10,11 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/twofactor/twofactor/audit"
-	"github.com/twofactor/twofactor/commands"
 	"github.com/twofactor/twofactor/domain"
 )
 
 // Admin routes: the actor is the admin named in X-Actor; the domain checks the
 // tenant's rules (self reset, super-admin-only disabling…).
-
-type requirementRequest struct {
-	Required *bool  `json:"required"`
-	Reason   string `json:"reason"`
-}
-
-type requirementResponse struct {
-	written
-	Required bool `json:"required"`
-	Changed  bool `json:"changed"`
-}
-
-// setRequirement is an admin route that app keys use too: a user with "can
-// toggle 2FA" sets "use 2FA" for themself (the domain decides).
-func (a *API) setRequirement(c *gin.Context) {
-	tenant, user, actor, err := a.target(c)
-	if err != nil {
-		a.fail(c, err)
-		return
-	}
-	var req requirementRequest
-	if err := bind(c, &req, false); err != nil {
-		a.fail(c, err)
-		return
-	}
-	if req.Required == nil {
-		a.fail(c, domain.Invalid(domain.CodeInvalidArgument, "required must be true or false"))
-		return
-	}
-	if err := checkReason(req.Reason); err != nil {
-		a.fail(c, err)
-		return
-	}
-	meta := a.meta(c, actor, req.Reason)
-	out, changed, ok := a.changeCommand(c, "RequireTwoFactor", false, func(ctx context.Context) (commands.Result, error) {
-		return a.cmd.RequireTwoFactor(ctx, meta, commands.RequireTwoFactor{TenantID: tenant, UserID: user, Required: *req.Required})
-	})
-	if !ok {
-		return
-	}
-	writeJSON(c, http.StatusOK, requirementResponse{written: written{out.Position}, Required: *req.Required, Changed: changed})
-}
-
-type toggleRequest struct {
-	CanToggle *bool  `json:"can_toggle"`
-	Reason    string `json:"reason"`
-}
-
-type toggleResponse struct {
-	written
-	CanToggle bool `json:"can_toggle"`
-	Changed   bool `json:"changed"`
-}
-
-func (a *API) setTogglePermission(c *gin.Context) {
-	tenant, user, actor, err := a.target(c)
-	if err != nil {
-		a.fail(c, err)
-		return
-	}
-	var req toggleRequest
-	if err := bind(c, &req, false); err != nil {
-		a.fail(c, err)
-		return
-	}
-	if req.CanToggle == nil {
-		a.fail(c, domain.Invalid(domain.CodeInvalidArgument, "can_toggle must be true or false"))
-		return
-	}
-	if err := checkReason(req.Reason); err != nil {
-		a.fail(c, err)
-		return
-	}
-	meta := a.meta(c, actor, req.Reason)
-	out, changed, ok := a.changeCommand(c, "SetTogglePermission", false, func(ctx context.Context) (commands.Result, error) {
-		return a.cmd.SetTogglePermission(ctx, meta, commands.SetTogglePermission{TenantID: tenant, UserID: user, CanToggle: *req.CanToggle})
-	})
-	if !ok {
-		return
-	}
-	writeJSON(c, http.StatusOK, toggleResponse{written: written{out.Position}, CanToggle: *req.CanToggle, Changed: changed})
-}
 
 func notImplemented(what string) error {
 	return newAPIError(http.StatusNotImplemented, codeNotImplemented, what+" is not available in this build yet")

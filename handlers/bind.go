@@ -49,11 +49,6 @@ func decodeStrict(body []byte, dst any, optional bool) error {
 	if !utf8.Valid(trimmed) {
 		return newAPIError(http.StatusBadRequest, codeInvalidJSON, "the body is not valid UTF-8")
 	}
-	if dst == nil {
-		// The shape only: the generated layer decodes into its own type.
-		var shape any
-		dst = &shape
-	}
 	dec := json.NewDecoder(bytes.NewReader(trimmed))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(dst); err != nil {

@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"fmt"
 	"regexp"
 
 	"context"
@@ -120,7 +121,7 @@ func (a *API) timeout(c *gin.Context) {
 // unread: those operations list neither 413 nor 415, and nothing reads it.
 func (a *API) bodyRules(c *gin.Context) {
 	r := c.Request
-	if !a.takesBody[r.Method+" "+c.FullPath()] {
+	if a.bodies[r.Method+" "+c.FullPath()] == nil {
 		r.Body, r.ContentLength = http.NoBody, 0
 		c.Next()
 		return
@@ -290,20 +291,25 @@ func writeJSONBody(c *gin.Context, v any) {
 	c.Writer.Write(append(b, '\n')) //nolint:errcheck // the client went away
 }
 
-// bodyRoutes lists, as Gin routes ("POST /v1/users/:user_id/challenges"), the
-// operations of the contract that take a request body.
-func bodyRoutes(doc []byte) (map[string]bool, error) {
+// bodyRoutes maps, as Gin routes ("POST /v1/users/:user_id/challenges"), the
+// operations of the contract that take a request body to its schema.
+func bodyRoutes(doc []byte) (map[string]*openapi3.Schema, error) {
 	spec, err := openapi3.NewLoader().LoadFromData(doc)
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]bool{}
+	out := map[string]*openapi3.Schema{}
 	for path, item := range spec.Paths.Map() {
 		route := openapiParam.ReplaceAllString(path, ":$1")
 		for method, op := range item.Operations() {
-			if op.RequestBody != nil {
-				out[method+" "+route] = true
+			if op.RequestBody == nil {
+				continue
 			}
+			mt := op.RequestBody.Value.Content.Get("application/json")
+			if mt == nil || mt.Schema == nil {
+				return nil, fmt.Errorf("%s %s: a body that is not application/json", method, path)
+			}
+			out[method+" "+route] = mt.Schema.Value
 		}
 	}
 	return out, nil

@@ -8,6 +8,7 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"github.com/getkin/kin-openapi/openapi3"
 	"log/slog"
 	"net/http"
 	"time"
@@ -116,8 +117,8 @@ type Deps struct {
 // API is the HTTP API.
 type API struct {
 	cfg Config
-	// takesBody: the routes whose operation has a request body (from the contract).
-	takesBody   map[string]bool
+	// bodies: the body schema of each route that takes one (from the contract).
+	bodies      map[string]*openapi3.Schema
 	cmd         *commands.Service
 	pool        *pgxpool.Pool
 	keys        *KeyStore
@@ -159,11 +160,11 @@ func New(cfg Config, d Deps) (*API, error) {
 		a.operatorKey = []byte(d.OperatorKey)
 	}
 	a.idem = &idempotency{pool: d.Pool, secrets: d.Secrets, ttl: cfg.IdempotencyTTL, now: d.Clock}
-	takesBody, err := bodyRoutes(OpenAPI)
+	bodies, err := bodyRoutes(OpenAPI)
 	if err != nil {
 		return nil, fmt.Errorf("handlers: openapi.yaml: %w", err)
 	}
-	a.takesBody = takesBody
+	a.bodies = bodies
 	engine := gin.New()
 	if err := engine.SetTrustedProxies(cfg.TrustedProxies); err != nil {
 		return nil, fmt.Errorf("handlers: trusted proxies: %w", err)

@@ -4,8 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"maps"
 	"net/http"
+	"slices"
+
+	"github.com/getkin/kin-openapi/openapi3"
 
 	"github.com/gin-gonic/gin"
 	"github.com/gin-gonic/gin/binding"
@@ -60,24 +65,52 @@ func bodyError(err error) error {
 	if _, ok := err.(*apiError); ok || errors.As(err, &mbe) {
 		return err
 	}
+	if _, ok := domain.AsError(err); ok {
+		return err
+	}
 	return jsonError(err)
 }
 
 // bodyShape checks what the decoder does not (decodeStrict without a
-// destination) and puts the body back for it.
+// destination) and the members the contract's schema requires or refuses,
+// and puts the body back for the decoder.
 func (a *API) bodyShape(c *gin.Context) {
-	if !a.takesBody[c.Request.Method+" "+c.FullPath()] {
+	schema := a.bodies[c.Request.Method+" "+c.FullPath()]
+	if schema == nil {
 		return
 	}
 	body, err := io.ReadAll(c.Request.Body)
+	var shape map[string]any
 	if err == nil {
-		err = decodeStrict(body, nil, true)
+		err = decodeStrict(body, &shape, true)
+	}
+	if err == nil && len(bytes.TrimSpace(body)) > 0 {
+		err = members(schema, shape)
 	}
 	if err != nil {
 		a.fail(c, bodyError(err))
 		return
 	}
 	c.Request.Body = io.NopCloser(bytes.NewReader(body))
+}
+
+// members refuses a member the schema does not list (when it allows no
+// others) and a missing one it requires: Go's zero value of a required field
+// would otherwise pass for a value the client sent.
+func members(schema *openapi3.Schema, obj map[string]any) error {
+	if schema.AdditionalProperties.Has != nil && !*schema.AdditionalProperties.Has {
+		for _, k := range slices.Sorted(maps.Keys(obj)) {
+			if _, ok := schema.Properties[k]; !ok {
+				return newAPIError(http.StatusBadRequest, codeUnknownField, fmt.Sprintf("unknown field %q is not accepted", k))
+			}
+		}
+	}
+	for _, k := range schema.Required {
+		if v, ok := obj[k]; !ok || v == nil {
+			return domain.Invalid(domain.CodeInvalidArgument, k+" is required")
+		}
+	}
+	return nil
 }
 
 // request is what every operation on the user in the path starts from: the
@@ -111,11 +144,11 @@ func (s strictServer) done(r request, name string, needsUser bool, err error) er
 // changed is done for a setting a repeated request may find in place: the
 // domain's "nothing to change" answers 200 with changed false, so that a PUT
 // can be repeated safely.
-func (s strictServer) changed(r request, name string, err error) (bool, error) {
+func (s strictServer) changed(r request, name string, needsUser bool, err error) (bool, error) {
 	if errors.Is(err, domain.Precondition(domain.CodeNothingToChange, "")) {
-		return false, s.done(r, name, true, nil)
+		return false, s.done(r, name, needsUser, nil)
 	}
-	return true, s.done(r, name, true, err)
+	return true, s.done(r, name, needsUser, err)
 }
 
 // record runs a command on the user in the path whose answer is its position.
@@ -193,7 +226,7 @@ func (s strictServer) ChangeDefaultMethod(ctx context.Context, in api.ChangeDefa
 		return nil, err
 	}
 	out, err := s.a.cmd.ChangeDefaultMethod(r.c.Request.Context(), r.meta, commands.ChangeDefaultMethod{TenantID: r.tenant, UserID: r.user, Method: method})
-	changed, err := s.changed(r, "ChangeDefaultMethod", err)
+	changed, err := s.changed(r, "ChangeDefaultMethod", true, err)
 	return api.ChangeDefaultMethod200JSONResponse{Position: int(out.Position), DefaultMethod: api.Method(method), Changed: changed}, err
 }
 
@@ -259,4 +292,49 @@ func (s strictServer) Verify(ctx context.Context, in api.VerifyRequestObject) (a
 		Position: int(out.Position), Verified: true, Method: api.VerifyMethod(out.Method),
 		BackupCodesRemaining: out.BackupCodesRemaining, TwoFactorDisabled: out.TwoFactorDisabled,
 	}, s.done(r, name, true, err)
+}
+
+func (s strictServer) SetRequirement(ctx context.Context, in api.SetRequirementRequestObject) (api.SetRequirementResponseObject, error) {
+	r, err := s.begin(ctx, deref(in.Body.Reason))
+	if err != nil {
+		return nil, err
+	}
+	out, err := s.a.cmd.RequireTwoFactor(r.c.Request.Context(), r.meta, commands.RequireTwoFactor{TenantID: r.tenant, UserID: r.user, Required: in.Body.Required})
+	changed, err := s.changed(r, "RequireTwoFactor", false, err)
+	return api.SetRequirement200JSONResponse{Position: int(out.Position), Required: in.Body.Required, Changed: changed}, err
+}
+
+func (s strictServer) SetTogglePermission(ctx context.Context, in api.SetTogglePermissionRequestObject) (api.SetTogglePermissionResponseObject, error) {
+	r, err := s.begin(ctx, deref(in.Body.Reason))
+	if err != nil {
+		return nil, err
+	}
+	out, err := s.a.cmd.SetTogglePermission(r.c.Request.Context(), r.meta, commands.SetTogglePermission{TenantID: r.tenant, UserID: r.user, CanToggle: in.Body.CanToggle})
+	changed, err := s.changed(r, "SetTogglePermission", false, err)
+	return api.SetTogglePermission200JSONResponse{Position: int(out.Position), CanToggle: in.Body.CanToggle, Changed: changed}, err
+}
+
+// SetContactAddress registers where security messages go for a user whose
+// methods give no address (an app-only user); an empty address removes it.
+func (s strictServer) SetContactAddress(ctx context.Context, in api.SetContactAddressRequestObject) (api.SetContactAddressResponseObject, error) {
+	r, err := s.begin(ctx, deref(in.Body.Reason))
+	if err != nil {
+		return nil, err
+	}
+	method, err := domain.ParseMethod(string(in.Body.Method))
+	if err != nil {
+		return nil, err
+	}
+	out, err := s.a.cmd.SetContactAddress(r.c.Request.Context(), r.meta, commands.SetContactAddress{TenantID: r.tenant, UserID: r.user, Method: method, Address: in.Body.Address})
+	changed, err := s.changed(r, "SetContactAddress", true, err)
+	return api.SetContactAddress200JSONResponse{Position: int(out.Position), Changed: changed}, err
+}
+
+func (s strictServer) RegenerateBackupCodes(ctx context.Context, _ api.RegenerateBackupCodesRequestObject) (api.RegenerateBackupCodesResponseObject, error) {
+	r, err := s.begin(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	out, err := s.a.cmd.RegenerateBackupCodes(r.c.Request.Context(), r.meta, commands.RegenerateBackupCodes{TenantID: r.tenant, UserID: r.user})
+	return api.RegenerateBackupCodes201JSONResponse{Position: int(out.Position), BackupCodes: out.BackupCodes}, s.done(r, "RegenerateBackupCodes", true, err)
 }

@@ -199,85 +199,9 @@ func (a *API) startChallenge(c *gin.Context) {
 	})
 }
 
-type contactAddressRequest struct {
-	Method string `json:"method"`
-	// A pointer: the contract requires address, and its absence must not read
-	// as the empty address that removes it.
-	Address *string `json:"address"`
-	Reason  string  `json:"reason"`
-}
-
-type contactAddressResponse struct {
-	written
-	Changed bool `json:"changed"`
-}
-
-// setContactAddress registers where security messages go for a user whose methods
-// give no address (an app-only user); an empty address removes it.
-func (a *API) setContactAddress(c *gin.Context) {
-	tenant, user, actor, err := a.target(c)
-	if err != nil {
-		a.fail(c, err)
-		return
-	}
-	var req contactAddressRequest
-	if err := bind(c, &req, false); err != nil {
-		a.fail(c, err)
-		return
-	}
-	method, err := domain.ParseMethod(req.Method)
-	if err != nil {
-		a.fail(c, err)
-		return
-	}
-	if err := checkReason(req.Reason); err != nil {
-		a.fail(c, err)
-		return
-	}
-	if req.Address == nil {
-		a.fail(c, domain.Invalid(domain.CodeInvalidArgument, "address is required (empty removes it)"))
-		return
-	}
-	meta := a.meta(c, actor, req.Reason)
-	out, changed, ok := a.changeCommand(c, "SetContactAddress", true, func(ctx context.Context) (commands.Result, error) {
-		return a.cmd.SetContactAddress(ctx, meta, commands.SetContactAddress{TenantID: tenant, UserID: user, Method: method, Address: *req.Address})
-	})
-	if !ok {
-		return
-	}
-	writeJSON(c, http.StatusOK, contactAddressResponse{written: written{out.Position}, Changed: changed})
-}
-
 func checkReason(r string) error {
 	if len(r) > 500 {
 		return domain.Invalid(domain.CodeInvalidArgument, "reason must be at most 500 bytes")
 	}
 	return nil
-}
-
-type backupCodesResponse struct {
-	written
-	// BackupCodes are shown exactly once; the previous set stopped working.
-	BackupCodes []string `json:"backup_codes"`
-}
-
-func (a *API) regenerateBackupCodes(c *gin.Context) {
-	tenant, user, actor, err := a.target(c)
-	if err != nil {
-		a.fail(c, err)
-		return
-	}
-	if err := bind(c, &struct{}{}, true); err != nil {
-		a.fail(c, err)
-		return
-	}
-	meta := a.meta(c, actor, "")
-	var out commands.Activation
-	if !a.command(c, "RegenerateBackupCodes", true, func(ctx context.Context) (err error) {
-		out, err = a.cmd.RegenerateBackupCodes(ctx, meta, commands.RegenerateBackupCodes{TenantID: tenant, UserID: user})
-		return err
-	}) {
-		return
-	}
-	writeJSON(c, http.StatusCreated, backupCodesResponse{written: written{out.Position}, BackupCodes: out.BackupCodes})
 }
