@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/twofactor/twofactor/audit"
 	"github.com/twofactor/twofactor/domain"
+	"github.com/twofactor/twofactor/handlers/api"
 )
 
 // Admin routes: the actor is the admin named in X-Actor; the domain checks the
@@ -121,78 +123,77 @@ func (a *API) coverage(c *gin.Context) {
 
 // Tenant API keys, managed by the tenant's super admins.
 
-type issueKeyRequest struct {
-	Role string `json:"role"`
-	Name string `json:"name"`
+// keyView is a key as the contract shows it.
+func keyView(k APIKey) api.APIKey {
+	return api.APIKey{KeyId: k.KeyID, Role: api.Role(k.Role), Name: k.Name, CreatedBy: k.CreatedBy, CreatedAt: k.CreatedAt, RevokedAt: k.RevokedAt}
 }
 
-type keyList struct {
-	APIKeys []APIKey `json:"api_keys"`
+// keyList lists a tenant's keys, never their tokens.
+func (a *API) keyList(ctx context.Context, tenant string) (api.KeyList, error) {
+	keys, err := a.keys.List(ctx, tenant)
+	out := api.KeyList{ApiKeys: make([]api.APIKey, 0, len(keys))}
+	for _, k := range keys {
+		out.ApiKeys = append(out.ApiKeys, keyView(k))
+	}
+	return out, err
 }
 
-func (a *API) listKeys(c *gin.Context) {
-	if _, err := a.actor(c); err != nil {
-		a.fail(c, err)
-		return
-	}
-	keys, err := a.keys.List(c.Request.Context(), apiKey(c).TenantID)
+// issueKey issues a key of the tenant for the one named by.
+func (a *API) issueKey(ctx context.Context, tenant, by string, in api.IssueKeyRequest) (api.IssuedKey, error) {
+	role, err := ParseRole(string(in.Role))
 	if err != nil {
-		a.fail(c, err)
-		return
+		return api.IssuedKey{}, err
 	}
-	writeJSON(c, http.StatusOK, keyList{APIKeys: keys})
+	k, err := a.keys.Issue(ctx, tenant, role, deref(in.Name), by)
+	if err != nil {
+		return api.IssuedKey{}, err
+	}
+	a.log.InfoContext(ctx, "api key issued", "tenant_id", tenant, "key_id", k.KeyID, "role", string(role), "by", by, "request_id", requestID(ctx.(*gin.Context)))
+	v := keyView(k.APIKey)
+	return api.IssuedKey{KeyId: v.KeyId, Role: v.Role, Name: v.Name, CreatedBy: v.CreatedBy, CreatedAt: v.CreatedAt, Token: k.Token}, nil
 }
 
-func (a *API) issueKey(c *gin.Context) {
-	actor, err := a.actor(c)
+func (a *API) revokeKey(ctx context.Context, tenant, keyID, by string) (api.APIKey, error) {
+	k, err := a.keys.Revoke(ctx, tenant, keyID)
 	if err != nil {
-		a.fail(c, err)
-		return
+		return api.APIKey{}, err
 	}
-	a.issueKeyFor(c, apiKey(c).TenantID, string(actor.Kind)+":"+actor.ID)
+	a.log.InfoContext(ctx, "api key revoked", "tenant_id", tenant, "key_id", k.KeyID, "by", by, "request_id", requestID(ctx.(*gin.Context)))
+	return keyView(k), nil
 }
 
-func (a *API) issueKeyFor(c *gin.Context, tenant, by string) {
-	var req issueKeyRequest
-	if err := bind(c, &req, false); err != nil {
-		a.fail(c, err)
-		return
-	}
-	role, err := ParseRole(req.Role)
-	if err != nil {
-		a.fail(c, err)
-		return
-	}
-	k, err := a.keys.Issue(c.Request.Context(), tenant, role, req.Name, by)
-	if err != nil {
-		a.fail(c, err)
-		return
-	}
-	a.log.InfoContext(c.Request.Context(), "api key issued", "tenant_id", tenant, "key_id", k.KeyID, "role", string(role), "by", by, "request_id", requestID(c))
-	writeJSON(c, http.StatusCreated, k)
+// superAdmin is who acts on the tenant's keys: the super admin in X-Actor.
+func (s strictServer) superAdmin(ctx context.Context) (tenant, by string, err error) {
+	c := ctx.(*gin.Context)
+	actor, err := s.a.actor(c)
+	return apiKey(c).TenantID, string(actor.Kind) + ":" + actor.ID, err
 }
 
-func (a *API) revokeKey(c *gin.Context) {
-	actor, err := a.actor(c)
+func (s strictServer) ListKeys(ctx context.Context, _ api.ListKeysRequestObject) (api.ListKeysResponseObject, error) {
+	tenant, _, err := s.superAdmin(ctx)
 	if err != nil {
-		a.fail(c, err)
-		return
+		return nil, err
 	}
-	a.revokeKeyFor(c, apiKey(c).TenantID, string(actor.Kind)+":"+actor.ID)
+	out, err := s.a.keyList(ctx, tenant)
+	return api.ListKeys200JSONResponse(out), err
 }
 
-func (a *API) revokeKeyFor(c *gin.Context, tenant, by string) {
-	if err := bind(c, &struct{}{}, true); err != nil {
-		a.fail(c, err)
-		return
-	}
-	k, err := a.keys.Revoke(c.Request.Context(), tenant, c.Param("key_id"))
+func (s strictServer) IssueKey(ctx context.Context, in api.IssueKeyRequestObject) (api.IssueKeyResponseObject, error) {
+	tenant, by, err := s.superAdmin(ctx)
 	if err != nil {
-		a.fail(c, err)
-		return
+		return nil, err
 	}
-	a.log.InfoContext(c.Request.Context(), "api key revoked", "tenant_id", tenant, "key_id", k.KeyID, "by", by, "request_id", requestID(c))
-	writeJSON(c, http.StatusOK, k)
+	out, err := s.a.issueKey(ctx, tenant, by, *in.Body)
+	return api.IssueKey201JSONResponse(out), err
+}
+
+func (s strictServer) RevokeKey(ctx context.Context, in api.RevokeKeyRequestObject) (api.RevokeKeyResponseObject, error) {
+	tenant, by, err := s.superAdmin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out, err := s.a.revokeKey(ctx, tenant, in.KeyId, by)
+	return api.RevokeKey200JSONResponse(out), err
 }
 
 // Auditor routes. Every read is written to the audit access log first: a read

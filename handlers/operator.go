@@ -9,6 +9,7 @@ import (
 
 	"github.com/twofactor/twofactor/commands"
 	"github.com/twofactor/twofactor/domain"
+	"github.com/twofactor/twofactor/handlers/api"
 )
 
 // Operator routes, protected by the operator key from the configuration: they
@@ -76,36 +77,34 @@ func (a *API) operatorCreateTenant(c *gin.Context) {
 }
 
 // operatorTenant checks the tenant in the path exists.
-func (a *API) operatorTenant(c *gin.Context) (string, bool) {
-	tenant := c.Param("tenant_id")
-	if _, err := a.cmd.TenantPolicy(c.Request.Context(), tenant); err != nil {
-		a.fail(c, err)
-		return "", false
-	}
-	return tenant, true
+func (a *API) operatorTenant(ctx context.Context, tenant string) error {
+	_, err := a.cmd.TenantPolicy(ctx, tenant)
+	return err
 }
 
-func (a *API) operatorListKeys(c *gin.Context) {
-	tenant, ok := a.operatorTenant(c)
-	if !ok {
-		return
+// operatorBy names the operator in the log of a key issued or revoked.
+const operatorBy = "system:operator"
+
+func (s strictServer) OperatorListKeys(ctx context.Context, in api.OperatorListKeysRequestObject) (api.OperatorListKeysResponseObject, error) {
+	if err := s.a.operatorTenant(ctx, in.TenantId); err != nil {
+		return nil, err
 	}
-	keys, err := a.keys.List(c.Request.Context(), tenant)
-	if err != nil {
-		a.fail(c, err)
-		return
-	}
-	writeJSON(c, http.StatusOK, keyList{APIKeys: keys})
+	out, err := s.a.keyList(ctx, in.TenantId)
+	return api.OperatorListKeys200JSONResponse(out), err
 }
 
-func (a *API) operatorIssueKey(c *gin.Context) {
-	if tenant, ok := a.operatorTenant(c); ok {
-		a.issueKeyFor(c, tenant, "system:operator")
+func (s strictServer) OperatorIssueKey(ctx context.Context, in api.OperatorIssueKeyRequestObject) (api.OperatorIssueKeyResponseObject, error) {
+	if err := s.a.operatorTenant(ctx, in.TenantId); err != nil {
+		return nil, err
 	}
+	out, err := s.a.issueKey(ctx, in.TenantId, operatorBy, *in.Body)
+	return api.OperatorIssueKey201JSONResponse(out), err
 }
 
-func (a *API) operatorRevokeKey(c *gin.Context) {
-	if tenant, ok := a.operatorTenant(c); ok {
-		a.revokeKeyFor(c, tenant, "system:operator")
+func (s strictServer) OperatorRevokeKey(ctx context.Context, in api.OperatorRevokeKeyRequestObject) (api.OperatorRevokeKeyResponseObject, error) {
+	if err := s.a.operatorTenant(ctx, in.TenantId); err != nil {
+		return nil, err
 	}
+	out, err := s.a.revokeKey(ctx, in.TenantId, in.KeyId, operatorBy)
+	return api.OperatorRevokeKey200JSONResponse(out), err
 }

@@ -28,28 +28,27 @@ func (a *API) routes() {
 	e.GET("/openapi.yaml", a.openapiDoc)
 
 	v1 := e.Group("/v1", a.ipLimit, a.inputRules)
+	gen := a.generated()
 
 	op := v1.Group("/operator", a.operator, a.idempotent)
 	op.POST("/tenants", a.operatorCreateTenant)
-	op.GET("/tenants/:tenant_id/api-keys", a.operatorListKeys)
-	op.POST("/tenants/:tenant_id/api-keys", a.operatorIssueKey)
-	op.DELETE("/tenants/:tenant_id/api-keys/:key_id", a.operatorRevokeKey)
+	op.GET("/tenants/:tenant_id/api-keys", gen.OperatorListKeys)
+	op.POST("/tenants/:tenant_id/api-keys", gen.OperatorIssueKey)
+	op.DELETE("/tenants/:tenant_id/api-keys/:key_id", gen.OperatorRevokeKey)
 
 	all := []Role{RoleApp, RoleAdmin, RoleSuperAdmin, RoleAuditor}
 	admins := []Role{RoleAdmin, RoleSuperAdmin}
 	readers := []Role{RoleAdmin, RoleSuperAdmin, RoleAuditor}
 	auditors := []Role{RoleAuditor, RoleSuperAdmin}
 
-	gen := a.generated()
-
 	t := v1.Group("", a.authenticate, a.idempotent)
 	t.GET("/policy", a.allow(all...), a.getPolicy)
 	t.PATCH("/policy", a.allow(admins...), a.patchPolicy)
 	t.GET("/coverage", a.allow(readers...), a.coverage)
 
-	t.GET("/api-keys", a.allow(RoleSuperAdmin), a.listKeys)
-	t.POST("/api-keys", a.allow(RoleSuperAdmin), a.issueKey)
-	t.DELETE("/api-keys/:key_id", a.allow(RoleSuperAdmin), a.revokeKey)
+	t.GET("/api-keys", a.allow(RoleSuperAdmin), gen.ListKeys)
+	t.POST("/api-keys", a.allow(RoleSuperAdmin), gen.IssueKey)
+	t.DELETE("/api-keys/:key_id", a.allow(RoleSuperAdmin), gen.RevokeKey)
 
 	t.GET("/users", a.allow(readers...), a.listUsers)
 	u := t.Group("/users/:user_id")
