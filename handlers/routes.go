@@ -56,7 +56,7 @@ func (a *API) routes() {
 	u.DELETE("", a.allow(admins...), gen.ForgetUser)
 	u.POST("/enrollments/:method", a.allow(all...), a.startEnrollment)
 	u.POST("/enrollments/:method/confirmation", a.allow(all...), gen.ConfirmEnrollment)
-	u.POST("/challenges", a.allow(all...), a.startChallenge)
+	u.POST("/challenges", a.allow(all...), gen.StartChallenge)
 	u.POST("/verifications", a.allow(all...), gen.Verify)
 	u.PUT("/default-method", a.allow(all...), gen.ChangeDefaultMethod)
 	u.PUT("/contact-address", a.allow(all...), gen.SetContactAddress)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/twofactor/twofactor/commands"
 	"github.com/twofactor/twofactor/domain"
+	"github.com/twofactor/twofactor/handlers/api"
 )
 
 // Self-service and login routes: the actor is the user in the path (app keys)
@@ -140,63 +141,42 @@ func (a *API) startEnrollment(c *gin.Context) {
 	writeJSON(c, http.StatusCreated, codeSentResponse{written: written{out.Position}, Method: out.Method, ExpiresAt: out.ExpiresAt.UTC()})
 }
 
-type challengeRequest struct {
-	// Method asks for a code by email or SMS instead of the default; empty: the default.
-	Method string `json:"method"`
-}
-
-type challengeResponse struct {
-	written
-	EnrollmentRequired bool `json:"enrollment_required"`
-	// CanDisable: offer "Disable 2FA" (DELETE …/two-factor) at this prompt.
-	CanDisable          bool            `json:"can_disable"`
-	Enabled             bool            `json:"enabled"`
-	Methods             []domain.Method `json:"methods"`
-	DefaultMethod       domain.Method   `json:"default_method,omitempty"`
-	SetupAppAtNextLogin bool            `json:"setup_app_at_next_login"`
-	BackupCodesLeft     int             `json:"backup_codes_remaining"`
-	LockedUntil         *time.Time      `json:"locked_until,omitempty"`
-	AttemptsRemaining   int             `json:"attempts_remaining"`
-	CodeSentBy          domain.Method   `json:"code_sent_by,omitempty"`
-	CodeExpiresAt       *time.Time      `json:"code_expires_at,omitempty"`
-}
-
-func (a *API) startChallenge(c *gin.Context) {
-	tenant, user, actor, err := a.target(c)
-	if err != nil {
-		a.fail(c, err)
-		return
+// methodsView is a list of methods as the contract shows it: never null.
+func methodsView(ms []domain.Method) []api.Method {
+	out := make([]api.Method, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, api.Method(m))
 	}
-	var req challengeRequest
-	if err := bind(c, &req, true); err != nil {
-		a.fail(c, err)
-		return
+	return out
+}
+
+// optional is a value the contract omits when it is the zero value.
+func optional[T ~string](v domain.Method) *T {
+	if v == "" {
+		return nil
+	}
+	t := T(v)
+	return &t
+}
+
+func (s strictServer) StartChallenge(ctx context.Context, in api.StartChallengeRequestObject) (api.StartChallengeResponseObject, error) {
+	r, err := s.begin(ctx, "")
+	if err != nil {
+		return nil, err
 	}
 	var method domain.Method
-	if req.Method != "" {
-		if method, err = domain.ParseMethod(req.Method); err != nil {
-			a.fail(c, err)
-			return
+	if in.Body != nil && in.Body.Method != nil && *in.Body.Method != "" {
+		if method, err = domain.ParseMethod(string(*in.Body.Method)); err != nil {
+			return nil, err
 		}
 	}
-	meta := a.meta(c, actor, "")
-	var out commands.Challenge
-	if !a.command(c, "StartLoginChallenge", false, func(ctx context.Context) (err error) {
-		out, err = a.cmd.StartLoginChallenge(ctx, meta, commands.StartLoginChallenge{TenantID: tenant, UserID: user, Method: method})
-		return err
-	}) {
-		return
-	}
-	methods := out.Methods
-	if methods == nil {
-		methods = []domain.Method{}
-	}
-	writeJSON(c, http.StatusOK, challengeResponse{
-		written: written{out.Position}, EnrollmentRequired: out.EnrollmentRequired, CanDisable: out.CanDisable, Enabled: out.Enabled,
-		Methods: methods, DefaultMethod: out.DefaultMethod, SetupAppAtNextLogin: out.SetupAppAtNextLogin,
-		BackupCodesLeft: out.BackupCodesLeft, LockedUntil: timePtr(out.LockedUntil),
-		AttemptsRemaining: out.AttemptsRemaining, CodeSentBy: out.CodeSentBy, CodeExpiresAt: timePtr(out.CodeExpiresAt),
-	})
+	out, err := s.a.cmd.StartLoginChallenge(r.c.Request.Context(), r.meta, commands.StartLoginChallenge{TenantID: r.tenant, UserID: r.user, Method: method})
+	return api.StartChallenge200JSONResponse{
+		Position: int(out.Position), EnrollmentRequired: out.EnrollmentRequired, CanDisable: out.CanDisable, Enabled: out.Enabled,
+		Methods: methodsView(out.Methods), DefaultMethod: optional[api.Method](out.DefaultMethod), SetupAppAtNextLogin: out.SetupAppAtNextLogin,
+		BackupCodesRemaining: out.BackupCodesLeft, LockedUntil: timePtr(out.LockedUntil),
+		AttemptsRemaining: out.AttemptsRemaining, CodeSentBy: optional[api.ChallengeCodeSentBy](out.CodeSentBy), CodeExpiresAt: timePtr(out.CodeExpiresAt),
+	}, s.done(r, "StartLoginChallenge", false, err)
 }
 
 func checkReason(r string) error {
