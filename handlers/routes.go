@@ -54,7 +54,7 @@ func (a *API) routes() {
 	u := t.Group("/users/:user_id")
 	u.GET("", a.allow(all...), a.getUser)
 	u.DELETE("", a.allow(admins...), gen.ForgetUser)
-	u.POST("/enrollments/:method", a.allow(all...), a.startEnrollment)
+	u.POST("/enrollments/:method", a.allow(all...), gen.StartEnrollment)
 	u.POST("/enrollments/:method/confirmation", a.allow(all...), gen.ConfirmEnrollment)
 	u.POST("/challenges", a.allow(all...), gen.StartChallenge)
 	u.POST("/verifications", a.allow(all...), gen.Verify)

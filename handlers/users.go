@@ -3,7 +3,6 @@ package handlers
 import (
 	"context"
 	"net/http"
-	"time"
 
 	"github.com/gin-gonic/gin"
 
@@ -58,28 +57,6 @@ func readTimeout() error {
 	return e
 }
 
-type startEnrollmentRequest struct {
-	// AccountName is shown under the issuer in the authenticator app (TOTP only).
-	AccountName string `json:"account_name"`
-	// Destination is the email address or E.164 phone number (email and SMS only).
-	Destination string `json:"destination"`
-}
-
-type totpEnrollmentResponse struct {
-	written
-	Method     domain.Method `json:"method"`
-	Secret     string        `json:"secret"`
-	OTPAuthURI string        `json:"otpauth_uri"`
-	QRCodePNG  []byte        `json:"qr_code_png"`
-	ExpiresAt  time.Time     `json:"expires_at"`
-}
-
-type codeSentResponse struct {
-	written
-	Method    domain.Method `json:"method"`
-	ExpiresAt time.Time     `json:"expires_at"`
-}
-
 func parseEnrolMethod(s string) (domain.Method, error) {
 	m, err := domain.ParseMethod(s)
 	if err != nil {
@@ -88,57 +65,52 @@ func parseEnrolMethod(s string) (domain.Method, error) {
 	return m, nil
 }
 
-func (a *API) startEnrollment(c *gin.Context) {
-	tenant, user, actor, err := a.target(c)
+// StartEnrollment answers the pending TOTP enrolment (secret, URI, QR code)
+// or, for email and SMS, the code sent; the body is optional for TOTP only.
+func (s strictServer) StartEnrollment(ctx context.Context, in api.StartEnrollmentRequestObject) (api.StartEnrollmentResponseObject, error) {
+	r, err := s.begin(ctx, "")
 	if err != nil {
-		a.fail(c, err)
-		return
+		return nil, err
 	}
-	method, err := parseEnrolMethod(c.Param("method"))
+	method, err := parseEnrolMethod(string(in.Method))
 	if err != nil {
-		a.fail(c, err)
-		return
+		return nil, err
 	}
-	var req startEnrollmentRequest
-	if err := bind(c, &req, method == domain.MethodTOTP); err != nil {
-		a.fail(c, err)
-		return
+	var body api.StartEnrollmentRequest
+	if in.Body != nil {
+		body = *in.Body
+	} else if method != domain.MethodTOTP {
+		return nil, newAPIError(http.StatusBadRequest, codeInvalidJSON, "a JSON object body is required")
 	}
-	meta := a.meta(c, actor, "")
+	account, destination := deref(body.AccountName), deref(body.Destination)
+	var res api.StartEnrollment201JSONResponse
+	run := r.c.Request.Context()
 	if method == domain.MethodTOTP {
-		if req.Destination != "" {
-			a.fail(c, domain.Invalid(domain.CodeInvalidArgument, "destination is for email and sms"))
-			return
+		if destination != "" {
+			return nil, domain.Invalid(domain.CodeInvalidArgument, "destination is for email and sms")
 		}
-		if len(req.AccountName) > 200 {
-			a.fail(c, domain.Invalid(domain.CodeInvalidArgument, "account_name must be at most 200 bytes"))
-			return
+		if len(account) > 200 {
+			return nil, domain.Invalid(domain.CodeInvalidArgument, "account_name must be at most 200 bytes")
 		}
-		var out commands.TOTPEnrollment
-		if !a.command(c, "StartTOTPEnrollment", false, func(ctx context.Context) (err error) {
-			out, err = a.cmd.StartTOTPEnrollment(ctx, meta, commands.StartTOTPEnrollment{TenantID: tenant, UserID: user, AccountName: req.AccountName})
-			return err
-		}) {
-			return
+		out, err := s.a.cmd.StartTOTPEnrollment(run, r.meta, commands.StartTOTPEnrollment{TenantID: r.tenant, UserID: r.user, AccountName: account})
+		if err = s.done(r, "StartTOTPEnrollment", false, err); err != nil {
+			return nil, err
 		}
-		writeJSON(c, http.StatusCreated, totpEnrollmentResponse{
-			written: written{out.Position}, Method: domain.MethodTOTP, Secret: out.Secret, OTPAuthURI: out.URI,
-			QRCodePNG: out.QRCodePNG, ExpiresAt: out.ExpiresAt.UTC(),
+		err = res.FromTOTPEnrollment(api.TOTPEnrollment{
+			Position: int(out.Position), Method: api.TOTPEnrollmentMethod(domain.MethodTOTP), Secret: out.Secret, OtpauthUri: out.URI,
+			QrCodePng: out.QRCodePNG, ExpiresAt: out.ExpiresAt.UTC(),
 		})
-		return
+		return res, err
 	}
-	if req.AccountName != "" {
-		a.fail(c, domain.Invalid(domain.CodeInvalidArgument, "account_name is for totp"))
-		return
+	if account != "" {
+		return nil, domain.Invalid(domain.CodeInvalidArgument, "account_name is for totp")
 	}
-	var out commands.CodeSent
-	if !a.command(c, "StartOTPMethodSetup", false, func(ctx context.Context) (err error) {
-		out, err = a.cmd.StartOTPMethodSetup(ctx, meta, commands.StartOTPMethodSetup{TenantID: tenant, UserID: user, Method: method, Destination: req.Destination})
-		return err
-	}) {
-		return
+	out, err := s.a.cmd.StartOTPMethodSetup(run, r.meta, commands.StartOTPMethodSetup{TenantID: r.tenant, UserID: r.user, Method: method, Destination: destination})
+	if err = s.done(r, "StartOTPMethodSetup", false, err); err != nil {
+		return nil, err
 	}
-	writeJSON(c, http.StatusCreated, codeSentResponse{written: written{out.Position}, Method: out.Method, ExpiresAt: out.ExpiresAt.UTC()})
+	err = res.FromCodeSent(api.CodeSent{Position: int(out.Position), Method: api.CodeSentMethod(out.Method), ExpiresAt: out.ExpiresAt.UTC()})
+	return res, err
 }
 
 // methodsView is a list of methods as the contract shows it: never null.
