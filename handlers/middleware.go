@@ -291,28 +291,36 @@ func writeJSONBody(c *gin.Context, v any) {
 	c.Writer.Write(append(b, '\n')) //nolint:errcheck // the client went away
 }
 
-// bodyRoutes maps, as Gin routes ("POST /v1/users/:user_id/challenges"), the
-// operations of the contract that take a request body to its schema.
-func bodyRoutes(doc []byte) (map[string]*openapi3.Schema, error) {
+// contractRoutes reads, per Gin route ("POST /v1/users/:user_id/challenges"),
+// what the contract lets a request carry: the body schema of the operations
+// that take one, and the names of every operation's query parameters.
+func contractRoutes(doc []byte) (bodies map[string]*openapi3.Schema, queries map[string]map[string]bool, err error) {
 	spec, err := openapi3.NewLoader().LoadFromData(doc)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	out := map[string]*openapi3.Schema{}
+	bodies, queries = map[string]*openapi3.Schema{}, map[string]map[string]bool{}
 	for path, item := range spec.Paths.Map() {
 		route := openapiParam.ReplaceAllString(path, ":$1")
 		for method, op := range item.Operations() {
+			key := method + " " + route
+			queries[key] = map[string]bool{}
+			for _, p := range append(append(openapi3.Parameters{}, item.Parameters...), op.Parameters...) {
+				if p.Value.In == openapi3.ParameterInQuery {
+					queries[key][p.Value.Name] = true
+				}
+			}
 			if op.RequestBody == nil {
 				continue
 			}
 			mt := op.RequestBody.Value.Content.Get("application/json")
 			if mt == nil || mt.Schema == nil {
-				return nil, fmt.Errorf("%s %s: a body that is not application/json", method, path)
+				return nil, nil, fmt.Errorf("%s %s: a body that is not application/json", method, path)
 			}
-			out[method+" "+route] = mt.Schema.Value
+			bodies[key] = mt.Schema.Value
 		}
 	}
-	return out, nil
+	return bodies, queries, nil
 }
 
 var openapiParam = regexp.MustCompile(`\{([a-z_]+)\}`)

@@ -52,7 +52,7 @@ func (a *API) routes() {
 
 	t.GET("/users", a.allow(readers...), a.listUsers)
 	u := t.Group("/users/:user_id")
-	u.GET("", a.allow(all...), a.getUser)
+	u.GET("", a.allow(all...), gen.GetUser)
 	u.DELETE("", a.allow(admins...), gen.ForgetUser)
 	u.POST("/enrollments/:method", a.allow(all...), gen.StartEnrollment)
 	u.POST("/enrollments/:method/confirmation", a.allow(all...), gen.ConfirmEnrollment)

@@ -118,7 +118,9 @@ type Deps struct {
 type API struct {
 	cfg Config
 	// bodies: the body schema of each route that takes one (from the contract).
-	bodies      map[string]*openapi3.Schema
+	bodies map[string]*openapi3.Schema
+	// queries: the query parameters of each route (from the contract).
+	queries     map[string]map[string]bool
 	cmd         *commands.Service
 	pool        *pgxpool.Pool
 	keys        *KeyStore
@@ -160,11 +162,11 @@ func New(cfg Config, d Deps) (*API, error) {
 		a.operatorKey = []byte(d.OperatorKey)
 	}
 	a.idem = &idempotency{pool: d.Pool, secrets: d.Secrets, ttl: cfg.IdempotencyTTL, now: d.Clock}
-	bodies, err := bodyRoutes(OpenAPI)
+	bodies, queries, err := contractRoutes(OpenAPI)
 	if err != nil {
 		return nil, fmt.Errorf("handlers: openapi.yaml: %w", err)
 	}
-	a.bodies = bodies
+	a.bodies, a.queries = bodies, queries
 	engine := gin.New()
 	if err := engine.SetTrustedProxies(cfg.TrustedProxies); err != nil {
 		return nil, fmt.Errorf("handlers: trusted proxies: %w", err)

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"net/http"
 	"slices"
+	"strconv"
 
 	"github.com/getkin/kin-openapi/openapi3"
 
@@ -52,7 +53,7 @@ func (a *API) generated() *api.ServerInterfaceWrapper {
 	})
 	return &api.ServerInterfaceWrapper{
 		Handler:            strict,
-		HandlerMiddlewares: []api.MiddlewareFunc{a.bodyShape},
+		HandlerMiddlewares: []api.MiddlewareFunc{a.queryShape, a.bodyShape},
 		ErrorHandler: func(c *gin.Context, err error, _ int) {
 			a.fail(c, domain.Invalid(domain.CodeInvalidArgument, err.Error()))
 		},
@@ -69,6 +70,18 @@ func bodyError(err error) error {
 		return err
 	}
 	return jsonError(err)
+}
+
+// queryShape refuses a query parameter the operation does not list: a typo
+// in a filter must not silently list everything.
+func (a *API) queryShape(c *gin.Context) {
+	allowed := a.queries[c.Request.Method+" "+c.FullPath()]
+	for _, k := range slices.Sorted(maps.Keys(c.Request.URL.Query())) {
+		if !allowed[k] {
+			a.fail(c, domain.Invalid(domain.CodeInvalidArgument, "unknown query parameter "+strconv.Quote(k)))
+			return
+		}
+	}
 }
 
 // bodyShape checks what the decoder does not (decodeStrict without a

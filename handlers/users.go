@@ -4,8 +4,6 @@ import (
 	"context"
 	"net/http"
 
-	"github.com/gin-gonic/gin"
-
 	"github.com/twofactor/twofactor/commands"
 	"github.com/twofactor/twofactor/domain"
 	"github.com/twofactor/twofactor/handlers/api"
@@ -14,26 +12,34 @@ import (
 // Self-service and login routes: the actor is the user in the path (app keys)
 // or the admin named in X-Actor; the domain decides who may do what.
 
-func (a *API) getUser(c *gin.Context) {
-	if err := onlyQuery(c, "min_position"); err != nil {
-		a.fail(c, err)
-		return
-	}
-	tenant, user, _, err := a.target(c)
+func (s strictServer) GetUser(ctx context.Context, in api.GetUserRequestObject) (api.GetUserResponseObject, error) {
+	r, err := s.begin(ctx, "")
 	if err != nil {
-		a.fail(c, err)
-		return
+		return nil, err
 	}
-	if _, err := minPosition(c); err != nil {
-		a.fail(c, err)
-		return
+	// Met without waiting (userStatus), but still a position.
+	if in.Params.MinPosition != nil && *in.Params.MinPosition < 0 {
+		return nil, domain.Invalid(domain.CodeInvalidArgument, "min_position must be a non-negative integer")
 	}
-	status, err := a.userStatus(c.Request.Context(), tenant, user)
-	if err != nil {
-		a.fail(c, err)
-		return
+	status, err := s.a.userStatus(r.c.Request.Context(), r.tenant, r.user)
+	return api.GetUser200JSONResponse(statusView(status)), err
+}
+
+// statusView is a user's status as the contract shows it.
+func statusView(u UserStatus) api.UserStatus {
+	v := api.UserStatus{
+		UserId: u.UserID, Status: api.Status(u.Status), Enabled: u.Enabled, Methods: methodsView(u.Methods),
+		DefaultMethod: optional[api.Method](u.DefaultMethod), PendingMethods: methodsView(u.PendingMethods),
+		BackupCodesRemaining: u.BackupCodesRemaining, Required: u.Required, CanToggle: u.CanToggle,
+		MustEnroll: u.MustEnroll, SetupAppAtNextLogin: u.SetupAppAtNextLogin, LockedUntil: u.LockedUntil,
+		AttemptsRemaining: u.AttemptsRemaining, LastVerifiedAt: u.LastVerifiedAt,
+		LastVerifiedMethod: optional[api.VerifyMethod](u.LastVerifiedMethod), Version: int(u.Version), UpdatedAt: u.UpdatedAt,
 	}
-	writeJSON(c, http.StatusOK, status)
+	if u.RequirementWaivedBy != "" {
+		by := api.UserStatusRequirementWaivedBy(u.RequirementWaivedBy)
+		v.RequirementWaivedBy = &by
+	}
+	return v
 }
 
 // userStatus replays the user's stream for every role, so a frontend that
