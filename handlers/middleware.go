@@ -1,21 +1,20 @@
 package handlers
 
 import (
-	"fmt"
-	"regexp"
-
 	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
-	"github.com/getkin/kin-openapi/openapi3"
+	"fmt"
 	"log/slog"
 	"mime"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/gin-gonic/gin"
 	"github.com/google/uuid"
 
