@@ -10,26 +10,12 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"github.com/gin-gonic/gin"
-
 	"github.com/twofactor/twofactor/domain"
 )
 
-// bind decodes a JSON object body strictly: valid UTF-8, an object at the top,
-// no unknown fields, no duplicate keys, no trailing data. An empty body is
-// accepted only when optional.
-func bind(c *gin.Context, dst any, optional bool) error {
-	body, err := io.ReadAll(c.Request.Body)
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return err
-		}
-		return newAPIError(http.StatusBadRequest, codeInvalidJSON, "the body could not be read")
-	}
-	return decodeStrict(body, dst, optional)
-}
-
+// decodeStrict decodes a JSON object body strictly: valid UTF-8, an object at
+// the top, no unknown fields, no duplicate keys, no trailing data. An empty
+// body is accepted only when optional.
 func decodeStrict(body []byte, dst any, optional bool) error {
 	trimmed := bytes.TrimSpace(body)
 	if len(trimmed) == 0 {

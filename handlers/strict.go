@@ -23,20 +23,20 @@ import (
 
 // The generated layer (handlers/api) binds each operation's path, query and
 // header parameters and its body into typed request objects; the methods of
-// strictServer translate them into a command and its result into a typed
-// response. Errors are returned, not written: HandlerErrorFunc maps them once
-// (fail, problem.go).
-//
-// The move is operation by operation: an operation served here is routed in
-// routes.go to the generated wrapper's method; the others keep their Gin
-// handler and never reach this value, whose embedded interface is nil.
-type strictServer struct {
-	api.StrictServerInterface
-	a *API
-}
+// strictServer translate them into a command or a query and its result into
+// a typed response. Errors are returned, not written: HandlerErrorFunc maps
+// them once (fail, problem.go).
+type strictServer struct{ a *API }
 
-// generated is the Gin side of the generated layer.
-func (a *API) generated() *api.ServerInterfaceWrapper {
+// Every operation of the contract is implemented: a new one fails to compile
+// until it is.
+var _ api.StrictServerInterface = strictServer{}
+
+// generated is the Gin side of the generated layer: the wrapper of the /v1
+// routes checks the query and the body against the contract first; the one of
+// the operations routes (probes, scrapers) does not, as a prober's query
+// string has never been refused.
+func (a *API) generated() (v1, ops *api.ServerInterfaceWrapper) {
 	// Bodies stay strict as bind made them: an unknown field is refused by
 	// the decoder, the rest (an object, no duplicate keys, text, nothing
 	// after it) by bodyShape before it runs.
@@ -44,20 +44,23 @@ func (a *API) generated() *api.ServerInterfaceWrapper {
 	strict := api.NewStrictHandlerWithOptions(strictServer{a: a}, nil, api.StrictGinServerOptions{
 		RequestErrorHandlerFunc: func(c *gin.Context, err error) {
 			if errors.Is(err, io.EOF) {
-				err = newAPIError(http.StatusBadRequest, codeInvalidJSON, "a JSON object body is required")
+				err = bodyRequired()
 			}
 			a.fail(c, bodyError(err))
 		},
 		HandlerErrorFunc:         a.fail,
 		ResponseErrorHandlerFunc: a.fail,
 	})
-	return &api.ServerInterfaceWrapper{
-		Handler:            strict,
-		HandlerMiddlewares: []api.MiddlewareFunc{a.queryShape, a.bodyShape},
-		ErrorHandler: func(c *gin.Context, err error, _ int) {
-			a.fail(c, domain.Invalid(domain.CodeInvalidArgument, err.Error()))
-		},
+	invalid := func(c *gin.Context, err error, _ int) {
+		a.fail(c, domain.Invalid(domain.CodeInvalidArgument, err.Error()))
 	}
+	v1 = &api.ServerInterfaceWrapper{Handler: strict, HandlerMiddlewares: []api.MiddlewareFunc{a.queryShape, a.bodyShape}, ErrorHandler: invalid}
+	ops = &api.ServerInterfaceWrapper{Handler: strict, ErrorHandler: invalid}
+	return v1, ops
+}
+
+func bodyRequired() error {
+	return newAPIError(http.StatusBadRequest, codeInvalidJSON, "a JSON object body is required")
 }
 
 // bodyError is the problem of a body the decoder refused.
@@ -72,8 +75,8 @@ func bodyError(err error) error {
 	return jsonError(err)
 }
 
-// queryShape refuses a query parameter the operation does not list: a typo
-// in a filter must not silently list everything.
+// queryShape refuses a query parameter the operation does not list: a typo in
+// a filter must not silently list everything.
 func (a *API) queryShape(c *gin.Context) {
 	allowed := a.queries[c.Request.Method+" "+c.FullPath()]
 	for _, k := range slices.Sorted(maps.Keys(c.Request.URL.Query())) {
@@ -182,12 +185,12 @@ func reasonOf(body *api.ReasonRequest) string {
 	return deref(body.Reason)
 }
 
-// deref is an optional string of a body, empty when absent.
-func deref(s *string) string {
+// deref is an optional string of a request, empty when absent.
+func deref[T ~string](s *T) string {
 	if s == nil {
 		return ""
 	}
-	return *s
+	return string(*s)
 }
 
 func (s strictServer) Reset(ctx context.Context, r api.ResetRequestObject) (api.ResetResponseObject, error) {
@@ -261,7 +264,7 @@ func (s strictServer) ConfirmEnrollment(ctx context.Context, in api.ConfirmEnrol
 	if err != nil {
 		return nil, err
 	}
-	method, err := parseEnrolMethod(string(in.Method))
+	method, err := domain.ParseMethod(string(in.Method))
 	if err != nil {
 		return nil, err
 	}
