@@ -8,9 +8,10 @@ import (
 	"github.com/twofactor/twofactor/handlers"
 )
 
-// TestBodiesAreCheckedAtEveryDepth: unknown members are refused in nested
-// objects too, a value of the wrong type is named, and a PATCH body is read
-// whichever spelling of its media type was sent.
+// TestBodiesAreCheckedAtEveryDepth: a body is decoded once and bound from that
+// value, which ignores members a type does not have; so unknown members are
+// refused from the contract's schema in nested objects too, and a value of
+// the wrong type is still named.
 func TestBodiesAreCheckedAtEveryDepth(t *testing.T) {
 	h := newHarness(t, nil)
 	ops := h.operatorKey
@@ -18,6 +19,7 @@ func TestBodiesAreCheckedAtEveryDepth(t *testing.T) {
 		return h.do(call{method: "POST", path: "/v1/operator/tenants", token: ops, body: body})
 	}
 	tenant(`{"name": "Beta", "policy": {"backup_code_count": 5, "nope": 1}}`).want(400, "unknown_field")
+	tenant(`{"name": "Beta", "policy": {"Backup_Code_Count": 5}}`).want(400, "unknown_field")
 	if r := tenant(`{"name": "Beta", "policy": {"totp_digits": "8"}}`).want(400, "invalid_json"); !strings.Contains(r.str("detail"), "policy.totp_digits") {
 		t.Errorf("detail %q does not name the field", r.str("detail"))
 	}

@@ -14,7 +14,6 @@ import (
 	"github.com/getkin/kin-openapi/openapi3"
 
 	"github.com/gin-gonic/gin"
-	"github.com/gin-gonic/gin/binding"
 
 	"github.com/twofactor/twofactor/commands"
 	"github.com/twofactor/twofactor/domain"
@@ -37,10 +36,6 @@ var _ api.StrictServerInterface = strictServer{}
 // the operations routes (probes, scrapers) does not, as a prober's query
 // string has never been refused.
 func (a *API) generated() (v1, ops *api.ServerInterfaceWrapper) {
-	// Bodies stay strict as bind made them: an unknown field is refused by
-	// the decoder, the rest (an object, no duplicate keys, text, nothing
-	// after it) by bodyShape before it runs.
-	binding.EnableDecoderDisallowUnknownFields = true
 	strict := api.NewStrictHandlerWithOptions(strictServer{a: a}, nil, api.StrictGinServerOptions{
 		RequestErrorHandlerFunc: func(c *gin.Context, err error) {
 			if errors.Is(err, io.EOF) {
@@ -87,33 +82,52 @@ func (a *API) queryShape(c *gin.Context) {
 	}
 }
 
-// bodyShape checks what the decoder does not (decodeStrict without a
-// destination) and the members the contract's schema requires or refuses,
-// and puts the body back for the decoder.
+// bodyShape decodes the body once (decodeObject), checks its members against
+// the contract's schema, and hands the decoded value to the generated layer,
+// which binds it into the typed request without decoding the body again. Only
+// a value that does not fit the typed request (a number for a string) is
+// decoded again, by encoding/json, for its error.
 func (a *API) bodyShape(c *gin.Context) {
 	schema := a.bodies[c.Request.Method+" "+c.FullPath()]
 	if schema == nil {
 		return
 	}
 	body, err := io.ReadAll(c.Request.Body)
-	var shape map[string]any
+	var obj map[string]any
 	if err == nil {
-		err = decodeStrict(body, &shape, true)
+		obj, err = decodeObject(body)
 	}
-	if err == nil && len(bytes.TrimSpace(body)) > 0 {
-		err = members(schema, shape)
+	if err == nil && obj != nil {
+		err = members(schema, obj, "")
 	}
 	if err != nil {
 		a.fail(c, bodyError(err))
 		return
 	}
-	c.Request.Body = io.NopCloser(bytes.NewReader(body))
+	if obj == nil {
+		// Left out: the generated layer reads io.EOF and decides.
+		c.Request.Body = http.NoBody
+		return
+	}
+	c.Request.Body = decodedBody{Reader: bytes.NewReader(body), value: obj}
 }
 
+// decodedBody is a body with its decoded value, under the name kin-openapi's
+// request validator gives it (ValidatedValue), which the generated layer looks
+// for before it decodes.
+type decodedBody struct {
+	*bytes.Reader
+	value map[string]any
+}
+
+func (b decodedBody) ValidatedValue() any { return b.value }
+func (decodedBody) Close() error          { return nil }
+
 // members refuses a member the schema does not list (when it allows no
-// others) and a missing one it requires: Go's zero value of a required field
-// would otherwise pass for a value the client sent.
-func members(schema *openapi3.Schema, obj map[string]any) error {
+// others) and a missing one it requires, in nested objects too: Go's zero
+// value of a required field would otherwise pass for a value the client sent,
+// and binding a decoded value ignores members the type does not have.
+func members(schema *openapi3.Schema, obj map[string]any, at string) error {
 	if schema.AdditionalProperties.Has != nil && !*schema.AdditionalProperties.Has {
 		for _, k := range slices.Sorted(maps.Keys(obj)) {
 			if _, ok := schema.Properties[k]; !ok {
@@ -123,7 +137,15 @@ func members(schema *openapi3.Schema, obj map[string]any) error {
 	}
 	for _, k := range schema.Required {
 		if v, ok := obj[k]; !ok || v == nil {
-			return domain.Invalid(domain.CodeInvalidArgument, k+" is required")
+			return domain.Invalid(domain.CodeInvalidArgument, joinField(at, k)+" is required")
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(schema.Properties)) {
+		inner, ok := obj[k].(map[string]any)
+		if ok && schema.Properties[k].Value.Type.Is(openapi3.TypeObject) {
+			if err := members(schema.Properties[k].Value, inner, joinField(at, k)); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
