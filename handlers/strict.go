@@ -49,7 +49,7 @@ func (a *API) generated() (v1, ops *api.ServerInterfaceWrapper) {
 	invalid := func(c *gin.Context, err error, _ int) {
 		a.fail(c, domain.Invalid(domain.CodeInvalidArgument, err.Error()))
 	}
-	v1 = &api.ServerInterfaceWrapper{Handler: strict, HandlerMiddlewares: []api.MiddlewareFunc{a.queryShape, a.bodyShape}, ErrorHandler: invalid}
+	v1 = &api.ServerInterfaceWrapper{Handler: strict, HandlerMiddlewares: a.requestChecks(), ErrorHandler: invalid}
 	ops = &api.ServerInterfaceWrapper{Handler: strict, ErrorHandler: invalid}
 	return v1, ops
 }
@@ -68,6 +68,11 @@ func bodyError(err error) error {
 		return err
 	}
 	return jsonError(err)
+}
+
+// requestChecks are what a /v1 request passes, in order, before its handler.
+func (a *API) requestChecks() []api.MiddlewareFunc {
+	return []api.MiddlewareFunc{a.queryShape, a.bodyShape}
 }
 
 // queryShape refuses a query parameter the operation does not list: a typo in
