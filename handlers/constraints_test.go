@@ -23,6 +23,9 @@ type violation struct {
 	body   any               // nil: the operation's sample body
 	raw    bool              // body is sent as is, even when nil
 	ct     string
+	// field, in: the input at fault, which the problem's invalid_params names
+	// (empty for the body as a whole).
+	field, in string
 }
 
 // TestEveryConstraintOfTheContractIsRefusedWithItsProblem walks the loaded
@@ -30,7 +33,8 @@ type violation struct {
 // test: for every parameter and body field it derives requests that break
 // each constraint the contract states (required, type, enum, pattern, length,
 // bounds, unknown fields) and checks that the answer is a 4xx the operation
-// documents, as a problem, matching the contract (do checks every response).
+// documents, as a problem, matching the contract (do checks every response);
+// a 400 names the parameter or field at fault in invalid_params.
 func TestEveryConstraintOfTheContractIsRefusedWithItsProblem(t *testing.T) {
 	h := newHarness(t, nil)
 	h.enrolTOTP("ivy")
@@ -76,7 +80,7 @@ func TestEveryConstraintOfTheContractIsRefusedWithItsProblem(t *testing.T) {
 					continue
 				}
 				for _, bad := range badValues(p.Schema.Value) {
-					v := violation{name: p.In + " " + p.Name + ": " + bad.what, query: query}
+					v := violation{name: p.In + " " + p.Name + ": " + bad.what, query: query, field: p.Name, in: p.In}
 					switch p.In {
 					case "path":
 						if bad.text == "" {
@@ -128,7 +132,7 @@ func TestEveryConstraintOfTheContractIsRefusedWithItsProblem(t *testing.T) {
 				)
 				for _, req := range schema.Required {
 					if _, ok := sample[req]; ok {
-						cases = append(cases, violation{name: "body " + req + ": missing", body: with(req, nil)})
+						cases = append(cases, violation{name: "body " + req + ": missing", body: with(req, nil), field: req, in: "body"})
 					}
 				}
 				names := make([]string, 0, len(schema.Properties))
@@ -138,13 +142,13 @@ func TestEveryConstraintOfTheContractIsRefusedWithItsProblem(t *testing.T) {
 				sort.Strings(names)
 				for _, n := range names {
 					prop := schema.Properties[n].Value
-					cases = append(cases, violation{name: "body " + n + ": wrong type", body: with(n, wrongType(prop))})
+					cases = append(cases, violation{name: "body " + n + ": wrong type", body: with(n, wrongType(prop)), field: n, in: "body"})
 					for _, bad := range badValues(prop) {
 						var v any = bad.text
 						if bad.num != nil {
 							v = *bad.num
 						}
-						cases = append(cases, violation{name: "body " + n + ": " + bad.what, body: with(n, v)})
+						cases = append(cases, violation{name: "body " + n + ": " + bad.what, body: with(n, v), field: n, in: "body"})
 					}
 				}
 			}
@@ -204,6 +208,13 @@ func TestEveryConstraintOfTheContractIsRefusedWithItsProblem(t *testing.T) {
 				}
 				if ct := res.header.Get("Content-Type"); ct != handlers.ProblemContentType {
 					t.Errorf("%s %s, %s: %d as %q", method, path, v.name, res.code, ct)
+				}
+				if v.field != "" && res.code == 400 {
+					var p handlers.Problem
+					res.decode(&p)
+					if len(p.InvalidParams) != 1 || p.InvalidParams[0].Name != v.field || p.InvalidParams[0].In != v.in {
+						t.Errorf("%s %s, %s: invalid_params %+v, want %s in %s: %s", method, path, v.name, p.InvalidParams, v.field, v.in, res.raw)
+					}
 				}
 			}
 		}

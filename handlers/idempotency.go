@@ -103,7 +103,11 @@ func (a *API) idempotent(c *gin.Context) {
 		return
 	}
 	if !validHeaderToken(key, 255) {
-		a.fail(c, newAPIError(http.StatusBadRequest, codeInvalidIdempotency, "Idempotency-Key must be 1-255 printable ASCII characters"))
+		// The contract's pattern and lengths, checked here and not by the
+		// validator (checkParams): the key must be known before a replay.
+		e := refused(codeInvalidIdempotency, "Idempotency-Key", "header", "must be 1-255 printable ASCII characters")
+		e.detail = "Idempotency-Key must be 1-255 printable ASCII characters"
+		a.fail(c, e)
 		return
 	}
 	body, err := io.ReadAll(c.Request.Body)

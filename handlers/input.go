@@ -16,8 +16,10 @@ import (
 // UTF-8) is refused here, before any work, for every source the service reads:
 // path and query parameters and headers in inputRules, JSON bodies in bind. Such
 // a value reaching SQL answers 500, and reaching the log freezes every
-// projector that reads it. Each field's own rules (an id's length, a code's
-// digits) are checked afterwards by the handler and the domain.
+// projector that reads it. Each field's own rules are checked afterwards: the
+// contract's (types, enums, patterns, lengths, bounds) by the request validator
+// (validate.go), the rest (an id's length in bytes, a code's digits) by the
+// domain.
 
 // readHeaders are the headers the service reads. Authorization is not among
 // them: a token it cannot hold is simply unknown (401).

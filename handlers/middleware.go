@@ -279,11 +279,12 @@ func (a *API) noMethod(c *gin.Context) {
 
 // contractRoutes reads, per Gin route ("POST /v1/users/:user_id/challenges"),
 // what the contract lets a request carry: the body schema of the operations
-// that take one, and the names of every operation's query parameters.
-func contractRoutes(doc []byte) (bodies map[string]*openapi3.Schema, queries map[string]map[string]bool, err error) {
+// that take one, the names of every operation's query parameters, and the
+// operations for the validator.
+func contractRoutes(doc []byte) (bodies map[string]*openapi3.Schema, queries map[string]map[string]bool, k *contract, err error) {
 	spec, err := openapi3.NewLoader().LoadFromData(doc)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	bodies, queries = map[string]*openapi3.Schema{}, map[string]map[string]bool{}
 	for path, item := range spec.Paths.Map() {
@@ -301,12 +302,12 @@ func contractRoutes(doc []byte) (bodies map[string]*openapi3.Schema, queries map
 			}
 			mt := op.RequestBody.Value.Content.Get("application/json")
 			if mt == nil || mt.Schema == nil {
-				return nil, nil, fmt.Errorf("%s %s: a body that is not application/json", method, path)
+				return nil, nil, nil, fmt.Errorf("%s %s: a body that is not application/json", method, path)
 			}
 			bodies[key] = mt.Schema.Value
 		}
 	}
-	return bodies, queries, nil
+	return bodies, queries, newContract(spec), nil
 }
 
 var openapiParam = regexp.MustCompile(`\{([a-z_]+)\}`)

@@ -112,15 +112,13 @@ func (a *API) userExists(ctx context.Context, tenantID, userID string) (bool, er
 	return exists, err
 }
 
-// minPosition is ?min_position for read-your-writes.
-func minPosition(p *int) (int64, error) {
+// minPosition is ?min_position for read-your-writes, 0 when absent; the
+// contract's minimum (0) is checked before (checkParams).
+func minPosition(p *int) int64 {
 	if p == nil {
-		return 0, nil
+		return 0
 	}
-	if *p < 0 {
-		return 0, domain.Invalid(domain.CodeInvalidArgument, "min_position must be a non-negative integer")
-	}
-	return int64(*p), nil
+	return int64(*p)
 }
 
 func (s strictServer) Healthz(context.Context, api.HealthzRequestObject) (api.HealthzResponseObject, error) {

@@ -120,7 +120,9 @@ type API struct {
 	// bodies: the body schema of each route that takes one (from the contract).
 	bodies map[string]*openapi3.Schema
 	// queries: the query parameters of each route (from the contract).
-	queries     map[string]map[string]bool
+	queries map[string]map[string]bool
+	// contract: the operations the request validator checks against.
+	contract    *contract
 	cmd         *commands.Service
 	pool        *pgxpool.Pool
 	keys        *KeyStore
@@ -162,11 +164,11 @@ func New(cfg Config, d Deps) (*API, error) {
 		a.operatorKey = []byte(d.OperatorKey)
 	}
 	a.idem = &idempotency{pool: d.Pool, secrets: d.Secrets, ttl: cfg.IdempotencyTTL, now: d.Clock}
-	bodies, queries, err := contractRoutes(OpenAPI)
+	bodies, queries, k, err := contractRoutes(OpenAPI)
 	if err != nil {
 		return nil, fmt.Errorf("handlers: openapi.yaml: %w", err)
 	}
-	a.bodies, a.queries = bodies, queries
+	a.bodies, a.queries, a.contract = bodies, queries, k
 	engine := gin.New()
 	if err := engine.SetTrustedProxies(cfg.TrustedProxies); err != nil {
 		return nil, fmt.Errorf("handlers: trusted proxies: %w", err)

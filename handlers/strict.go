@@ -4,14 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"maps"
 	"net/http"
 	"slices"
 	"strconv"
-
-	"github.com/getkin/kin-openapi/openapi3"
 
 	"github.com/gin-gonic/gin"
 
@@ -32,7 +29,7 @@ type strictServer struct{ a *API }
 var _ api.StrictServerInterface = strictServer{}
 
 // generated is the Gin side of the generated layer: the wrapper of the /v1
-// routes checks the query and the body against the contract first; the one of
+// routes checks the parameters and the body against the contract first; the one of
 // the operations routes (probes, scrapers) does not, as a prober's query
 // string has never been refused.
 func (a *API) generated() (v1, ops *api.ServerInterfaceWrapper) {
@@ -49,7 +46,17 @@ func (a *API) generated() (v1, ops *api.ServerInterfaceWrapper) {
 	invalid := func(c *gin.Context, err error, _ int) {
 		a.fail(c, domain.Invalid(domain.CodeInvalidArgument, err.Error()))
 	}
-	v1 = &api.ServerInterfaceWrapper{Handler: strict, HandlerMiddlewares: a.requestChecks(), ErrorHandler: invalid}
+	// The generated layer binds the parameters before its checks run, and
+	// refuses a value of the wrong type (limit=x) itself: the validator then
+	// names the parameter, so the problem is the same whichever saw it first.
+	invalidV1 := func(c *gin.Context, err error, status int) {
+		if verr := a.checkParams(c); verr != nil {
+			a.fail(c, verr)
+			return
+		}
+		invalid(c, err, status)
+	}
+	v1 = &api.ServerInterfaceWrapper{Handler: strict, HandlerMiddlewares: a.requestChecks(), ErrorHandler: invalidV1}
 	ops = &api.ServerInterfaceWrapper{Handler: strict, ErrorHandler: invalid}
 	return v1, ops
 }
@@ -72,7 +79,7 @@ func bodyError(err error) error {
 
 // requestChecks are what a /v1 request passes, in order, before its handler.
 func (a *API) requestChecks() []api.MiddlewareFunc {
-	return []api.MiddlewareFunc{a.queryShape, a.bodyShape}
+	return []api.MiddlewareFunc{a.queryShape, a.validateParams, a.bodyShape}
 }
 
 // queryShape refuses a query parameter the operation does not list: a typo in
@@ -87,8 +94,8 @@ func (a *API) queryShape(c *gin.Context) {
 	}
 }
 
-// bodyShape decodes the body once (decodeObject), checks its members against
-// the contract's schema, and hands the decoded value to the generated layer,
+// bodyShape decodes the body once (decodeObject), validates that value against
+// the contract's schema (checkBody), and hands the decoded value to the generated layer,
 // which binds it into the typed request without decoding the body again. Only
 // a value that does not fit the typed request (a number for a string) is
 // decoded again, by encoding/json, for its error.
@@ -103,7 +110,7 @@ func (a *API) bodyShape(c *gin.Context) {
 		obj, err = decodeObject(body)
 	}
 	if err == nil && obj != nil {
-		err = members(schema, obj, "")
+		err = a.checkBody(schema, obj)
 	}
 	if err != nil {
 		a.fail(c, bodyError(err))
@@ -128,34 +135,6 @@ type decodedBody struct {
 func (b decodedBody) ValidatedValue() any { return b.value }
 func (decodedBody) Close() error          { return nil }
 
-// members refuses a member the schema does not list (when it allows no
-// others) and a missing one it requires, in nested objects too: Go's zero
-// value of a required field would otherwise pass for a value the client sent,
-// and binding a decoded value ignores members the type does not have.
-func members(schema *openapi3.Schema, obj map[string]any, at string) error {
-	if schema.AdditionalProperties.Has != nil && !*schema.AdditionalProperties.Has {
-		for _, k := range slices.Sorted(maps.Keys(obj)) {
-			if _, ok := schema.Properties[k]; !ok {
-				return newAPIError(http.StatusBadRequest, codeUnknownField, fmt.Sprintf("unknown field %q is not accepted", k))
-			}
-		}
-	}
-	for _, k := range schema.Required {
-		if v, ok := obj[k]; !ok || v == nil {
-			return domain.Invalid(domain.CodeInvalidArgument, joinField(at, k)+" is required")
-		}
-	}
-	for _, k := range slices.Sorted(maps.Keys(schema.Properties)) {
-		inner, ok := obj[k].(map[string]any)
-		if ok && schema.Properties[k].Value.Type.Is(openapi3.TypeObject) {
-			if err := members(schema.Properties[k].Value, inner, joinField(at, k)); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
 // request is what every operation on the user in the path starts from: the
 // tenant (the key's), the user, and the events' metadata.
 type request struct {
@@ -164,13 +143,11 @@ type request struct {
 	meta         commands.Meta
 }
 
-// begin resolves the user in the path and the actor, and checks the reason.
+// begin resolves the user in the path and the actor; the reason, for the
+// events' metadata, was checked against the contract with the body.
 func (s strictServer) begin(ctx context.Context, reason string) (request, error) {
 	c := ctx.(*gin.Context)
 	tenant, user, actor, err := s.a.target(c)
-	if err == nil {
-		err = checkReason(reason)
-	}
 	return request{c: c, tenant: tenant, user: user, meta: s.a.meta(c, actor, reason)}, err
 }
 
@@ -249,10 +226,7 @@ func (s strictServer) Disable(ctx context.Context, r api.DisableRequestObject) (
 }
 
 func (s strictServer) RemoveMethod(ctx context.Context, r api.RemoveMethodRequestObject) (api.RemoveMethodResponseObject, error) {
-	method, err := domain.ParseMethod(string(r.Method))
-	if err != nil {
-		return nil, err
-	}
+	method := domain.Method(r.Method)
 	out, err := s.record(ctx, "RemoveMethod", reasonOf(r.Body), func(ctx context.Context, meta commands.Meta, tenant, user string) (commands.Result, error) {
 		return s.a.cmd.RemoveMethod(ctx, meta, commands.RemoveMethod{TenantID: tenant, UserID: user, Method: method})
 	})
@@ -264,10 +238,7 @@ func (s strictServer) ChangeDefaultMethod(ctx context.Context, in api.ChangeDefa
 	if err != nil {
 		return nil, err
 	}
-	method, err := domain.ParseMethod(string(in.Body.Method))
-	if err != nil {
-		return nil, err
-	}
+	method := domain.Method(in.Body.Method)
 	out, err := s.a.cmd.ChangeDefaultMethod(r.c.Request.Context(), r.meta, commands.ChangeDefaultMethod{TenantID: r.tenant, UserID: r.user, Method: method})
 	changed, err := s.changed(r, "ChangeDefaultMethod", true, err)
 	return api.ChangeDefaultMethod200JSONResponse{Position: int(out.Position), DefaultMethod: api.Method(method), Changed: changed}, err
@@ -278,10 +249,7 @@ func (s strictServer) SwitchMethod(ctx context.Context, in api.SwitchMethodReque
 	if err != nil {
 		return nil, err
 	}
-	to, err := domain.ParseMethod(string(in.Body.To))
-	if err != nil {
-		return nil, err
-	}
+	to := domain.Method(in.Body.To)
 	out, err := s.a.cmd.SwitchMethod(r.c.Request.Context(), r.meta, commands.SwitchMethod{TenantID: r.tenant, UserID: r.user, To: to, Destination: deref(in.Body.Destination)})
 	return api.SwitchMethod200JSONResponse{Position: int(out.Position), To: api.Method(to)}, s.done(r, "SwitchMethod", true, err)
 }
@@ -291,10 +259,7 @@ func (s strictServer) ConfirmEnrollment(ctx context.Context, in api.ConfirmEnrol
 	if err != nil {
 		return nil, err
 	}
-	method, err := domain.ParseMethod(string(in.Method))
-	if err != nil {
-		return nil, err
-	}
+	method := domain.Method(in.Method)
 	var out commands.Activation
 	name := "ConfirmOTPMethod"
 	if method == domain.MethodTOTP {
@@ -329,6 +294,7 @@ func (s strictServer) Verify(ctx context.Context, in api.VerifyRequestObject) (a
 		name = "ConsumeBackupCode"
 		out, err = s.a.cmd.ConsumeBackupCode(run, r.meta, commands.ConsumeBackupCode{TenantID: r.tenant, UserID: r.user, Code: in.Body.Code})
 	default:
+		// Not reached: the contract's enum, checked with the body, lists the cases.
 		return nil, domain.Invalid("invalid_method", "method must be totp, email, sms or backup_code")
 	}
 	return api.Verify200JSONResponse{
@@ -364,10 +330,7 @@ func (s strictServer) SetContactAddress(ctx context.Context, in api.SetContactAd
 	if err != nil {
 		return nil, err
 	}
-	method, err := domain.ParseMethod(string(in.Body.Method))
-	if err != nil {
-		return nil, err
-	}
+	method := domain.Method(in.Body.Method)
 	out, err := s.a.cmd.SetContactAddress(r.c.Request.Context(), r.meta, commands.SetContactAddress{TenantID: r.tenant, UserID: r.user, Method: method, Address: in.Body.Address})
 	changed, err := s.changed(r, "SetContactAddress", true, err)
 	return api.SetContactAddress200JSONResponse{Position: int(out.Position), Changed: changed}, err

@@ -16,10 +16,7 @@ func (s strictServer) GetUser(ctx context.Context, in api.GetUserRequestObject) 
 	if err != nil {
 		return nil, err
 	}
-	// Met without waiting (userStatus), but still a position.
-	if _, err := minPosition(in.Params.MinPosition); err != nil {
-		return nil, err
-	}
+	// min_position is met without waiting (userStatus).
 	status, err := s.a.userStatus(r.c.Request.Context(), r.tenant, r.user)
 	return api.GetUser200JSONResponse(statusView(status)), err
 }
@@ -63,10 +60,7 @@ func (s strictServer) StartEnrollment(ctx context.Context, in api.StartEnrollmen
 	if err != nil {
 		return nil, err
 	}
-	method, err := domain.ParseMethod(string(in.Method))
-	if err != nil {
-		return nil, err
-	}
+	method := domain.Method(in.Method)
 	var body api.StartEnrollmentRequest
 	if in.Body != nil {
 		body = *in.Body
@@ -79,9 +73,6 @@ func (s strictServer) StartEnrollment(ctx context.Context, in api.StartEnrollmen
 	if method == domain.MethodTOTP {
 		if destination != "" {
 			return nil, domain.Invalid(domain.CodeInvalidArgument, "destination is for email and sms")
-		}
-		if len(account) > 200 {
-			return nil, domain.Invalid(domain.CodeInvalidArgument, "account_name must be at most 200 bytes")
 		}
 		out, err := s.a.cmd.StartTOTPEnrollment(run, r.meta, commands.StartTOTPEnrollment{TenantID: r.tenant, UserID: r.user, AccountName: account})
 		if err = s.done(r, "StartTOTPEnrollment", false, err); err != nil {
@@ -128,10 +119,8 @@ func (s strictServer) StartChallenge(ctx context.Context, in api.StartChallengeR
 		return nil, err
 	}
 	var method domain.Method
-	if in.Body != nil && in.Body.Method != nil && *in.Body.Method != "" {
-		if method, err = domain.ParseMethod(string(*in.Body.Method)); err != nil {
-			return nil, err
-		}
+	if in.Body != nil {
+		method = domain.Method(deref(in.Body.Method))
 	}
 	out, err := s.a.cmd.StartLoginChallenge(r.c.Request.Context(), r.meta, commands.StartLoginChallenge{TenantID: r.tenant, UserID: r.user, Method: method})
 	return api.StartChallenge200JSONResponse{
@@ -140,11 +129,4 @@ func (s strictServer) StartChallenge(ctx context.Context, in api.StartChallengeR
 		BackupCodesRemaining: out.BackupCodesLeft, LockedUntil: timePtr(out.LockedUntil),
 		AttemptsRemaining: out.AttemptsRemaining, CodeSentBy: optional[api.ChallengeCodeSentBy](out.CodeSentBy), CodeExpiresAt: timePtr(out.CodeExpiresAt),
 	}, s.done(r, "StartLoginChallenge", false, err)
-}
-
-func checkReason(r string) error {
-	if len(r) > 500 {
-		return domain.Invalid(domain.CodeInvalidArgument, "reason must be at most 500 bytes")
-	}
-	return nil
 }

@@ -17,11 +17,11 @@ import (
 // "routing" is the same request with no checks, to subtract.
 func BenchmarkLoginRequestChecks(b *testing.B) {
 	gin.SetMode(gin.ReleaseMode)
-	bodies, queries, err := contractRoutes(OpenAPI)
+	bodies, queries, k, err := contractRoutes(OpenAPI)
 	if err != nil {
 		b.Fatal(err)
 	}
-	a := &API{bodies: bodies, queries: queries, log: slog.New(slog.DiscardHandler), now: time.Now}
+	a := &API{bodies: bodies, queries: queries, contract: k, log: slog.New(slog.DiscardHandler), now: time.Now}
 	for _, bc := range []struct {
 		name   string
 		checks bool
