@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -143,8 +144,9 @@ func (s *KeyStore) Issue(ctx context.Context, tenantID string, role Role, name, 
 	if err := domain.CheckText("name", name); err != nil {
 		return IssuedKey{}, err
 	}
-	if len(name) > 200 {
-		return IssuedKey{}, domain.Invalid(domain.CodeInvalidArgument, "name must be at most 200 bytes")
+	// Characters, as the contract's maxLength counts them.
+	if utf8.RuneCountInString(name) > 200 {
+		return IssuedKey{}, domain.Invalid(domain.CodeInvalidArgument, "name must be at most 200 characters")
 	}
 	if err := domain.CheckText("created_by", createdBy); err != nil {
 		return IssuedKey{}, err

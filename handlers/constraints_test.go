@@ -322,3 +322,30 @@ func TestIdsTheContractAcceptsAreNotRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestLimitsAreTheContracts: where the server and the contract disagreed, the
+// contract's word holds. A length is in characters, as maxLength counts them,
+// not in bytes; the list's status filter lists the statuses a listed user can
+// have, and erased is not one (an erased user's row is deleted).
+func TestLimitsAreTheContracts(t *testing.T) {
+	h := newHarness(t, nil)
+	h.enrolTOTP("ivy")
+	tok, actor := h.tokens[handlers.RoleSuperAdmin], "superadmin:carol"
+	// 500 characters, 1000 bytes.
+	h.asAdmin("PUT", "ivy", "/requirement", map[string]any{"required": true, "reason": strings.Repeat("é", 500)}).want(200)
+	named := func(r *result, name, in string) {
+		t.Helper()
+		var p handlers.Problem
+		r.decode(&p)
+		if len(p.InvalidParams) != 1 || p.InvalidParams[0].Name != name || p.InvalidParams[0].In != in {
+			t.Errorf("invalid_params %+v, want %s in %s", p.InvalidParams, name, in)
+		}
+	}
+	named(h.asAdmin("PUT", "ivy", "/requirement", map[string]any{"required": false, "reason": strings.Repeat("a", 501)}).want(400, "invalid_argument"), "reason", "body")
+	h.do(call{method: "POST", path: "/v1/api-keys", token: tok, actor: actor, body: map[string]any{"role": "app", "name": strings.Repeat("é", 200)}}).want(201)
+	named(h.do(call{method: "GET", path: "/v1/users?status=erased", token: tok, actor: actor}).want(400, "invalid_argument"), "status", "query")
+	named(h.do(call{method: "GET", path: "/v1/users?method=fax", token: tok, actor: actor}).want(400, "invalid_method"), "method", "query")
+	named(h.do(call{method: "GET", path: "/v1/users?limit=201", token: tok, actor: actor}).want(400, "invalid_argument"), "limit", "query")
+	named(h.do(call{method: "DELETE", path: "/v1/users/ivy/methods/fax", token: tok, actor: actor}).want(400, "invalid_method"), "method", "path")
+	named(h.do(call{method: "POST", path: "/v1/api-keys", token: tok, actor: actor, body: map[string]any{"role": "root"}}).want(400, "invalid_role"), "role", "body")
+}

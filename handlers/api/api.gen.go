@@ -430,6 +430,39 @@ func (e VerifyMethod) Valid() bool {
 	}
 }
 
+// Defines values for ListUsersParamsStatus.
+const (
+	ListUsersParamsStatusActivated           ListUsersParamsStatus = "activated"
+	ListUsersParamsStatusDisabled            ListUsersParamsStatus = "disabled"
+	ListUsersParamsStatusLocked              ListUsersParamsStatus = "locked"
+	ListUsersParamsStatusNotActivated        ListUsersParamsStatus = "not_activated"
+	ListUsersParamsStatusPending             ListUsersParamsStatus = "pending"
+	ListUsersParamsStatusResetPending        ListUsersParamsStatus = "reset_pending"
+	ListUsersParamsStatusSetupAppAtNextLogin ListUsersParamsStatus = "setup_app_at_next_login"
+)
+
+// Valid indicates whether the value is a known member of the ListUsersParamsStatus enum.
+func (e ListUsersParamsStatus) Valid() bool {
+	switch e {
+	case ListUsersParamsStatusActivated:
+		return true
+	case ListUsersParamsStatusDisabled:
+		return true
+	case ListUsersParamsStatusLocked:
+		return true
+	case ListUsersParamsStatusNotActivated:
+		return true
+	case ListUsersParamsStatusPending:
+		return true
+	case ListUsersParamsStatusResetPending:
+		return true
+	case ListUsersParamsStatusSetupAppAtNextLogin:
+		return true
+	default:
+		return false
+	}
+}
+
 // APIKey defines model for APIKey.
 type APIKey struct {
 	CreatedAt time.Time  `json:"created_at"`
@@ -1138,9 +1171,10 @@ type PatchPolicyParams struct {
 
 // ListUsersParams defines parameters for ListUsers.
 type ListUsersParams struct {
-	Status   *Status `form:"status,omitempty" json:"status,omitempty"`
-	Method   *Method `form:"method,omitempty" json:"method,omitempty"`
-	Required *bool   `form:"required,omitempty" json:"required,omitempty"`
+	// Status The status at the time of the query. Not `erased`: an erased user is forgotten, its row deleted, and is never listed (400).
+	Status   *ListUsersParamsStatus `form:"status,omitempty" json:"status,omitempty"`
+	Method   *Method                `form:"method,omitempty" json:"method,omitempty"`
+	Required *bool                  `form:"required,omitempty" json:"required,omitempty"`
 
 	// LowBackupCodes at or below the tenant's warning threshold
 	LowBackupCodes *bool `form:"low_backup_codes,omitempty" json:"low_backup_codes,omitempty"`
@@ -1156,6 +1190,9 @@ type ListUsersParams struct {
 	// XActor Who acts: required for admin, superadmin and auditor keys (`admin:bob`); app keys act as the user in the path. kind:id, the id with no spaces or control characters.
 	XActor *XActor `json:"X-Actor,omitempty"`
 }
+
+// ListUsersParamsStatus defines parameters for ListUsers.
+type ListUsersParamsStatus string
 
 // ForgetUserParams defines parameters for ForgetUser.
 type ForgetUserParams struct {
