@@ -5,6 +5,7 @@ import (
 	"context"
 	"image/png"
 	"time"
+	"unicode/utf8"
 
 	"github.com/pquerna/otp"
 	"github.com/pquerna/otp/totp"
@@ -36,8 +37,8 @@ func (s *Service) StartTOTPEnrollment(ctx context.Context, meta Meta, cmd StartT
 	if err := domain.CheckText("account_name", cmd.AccountName); err != nil {
 		return TOTPEnrollment{}, err
 	}
-	if len(cmd.AccountName) > 200 {
-		return TOTPEnrollment{}, domain.Invalid(domain.CodeInvalidArgument, "account_name must be at most 200 bytes")
+	if utf8.RuneCountInString(cmd.AccountName) > 200 {
+		return TOTPEnrollment{}, domain.Invalid(domain.CodeInvalidArgument, "account_name must be at most 200 characters")
 	}
 	var key *otp.Key
 	var expires time.Time

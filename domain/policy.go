@@ -3,6 +3,7 @@ package domain
 import (
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // DisablePermission says who may switch 2FA off for a user.
@@ -90,10 +91,10 @@ func (p Policy) Validate() error {
 		}
 	}
 	switch {
-	case p.IssuerName == "" || len(p.IssuerName) > 100:
-		return bad("issuer_name must be 1-100 bytes")
-	case len(p.SupportContact) > 200:
-		return bad("support_contact must be at most 200 bytes")
+	case p.IssuerName == "" || utf8.RuneCountInString(p.IssuerName) > 100:
+		return bad("issuer_name must be 1-100 characters")
+	case utf8.RuneCountInString(p.SupportContact) > 200:
+		return bad("support_contact must be at most 200 characters")
 	case p.MailFrom != "" && !plausibleAddress(p.MailFrom):
 		return bad("mail_from must be a plain email address")
 	case p.TOTPDigits != 6 && p.TOTPDigits != 8:
@@ -193,8 +194,8 @@ func (t *TenantPolicy) Create(actor Actor, name string, policy Policy) ([]Event,
 	if err := CheckText("name", name); err != nil {
 		return nil, err
 	}
-	if name == "" || len(name) > 200 {
-		return nil, Invalid(CodeInvalidArgument, "tenant name must be 1-200 bytes")
+	if name == "" || utf8.RuneCountInString(name) > 200 {
+		return nil, Invalid(CodeInvalidArgument, "tenant name must be 1-200 characters")
 	}
 	if err := policy.Validate(); err != nil {
 		return nil, err

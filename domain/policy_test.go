@@ -75,6 +75,10 @@ func TestPolicyValidate(t *testing.T) {
 		{"fresh window 25h", func(p *Policy) { p.FreshVerificationWindow = 25 * time.Hour }, false},
 		{"zero policy", func(p *Policy) { *p = Policy{} }, false},
 		{"support contact 200 bytes", func(p *Policy) { p.SupportContact = strings.Repeat("s", 200) }, true},
+		// The contract's maxLength counts characters, so the domain does too.
+		{"support contact 200 two-byte characters", func(p *Policy) { p.SupportContact = strings.Repeat("é", 200) }, true},
+		{"support contact 201 characters", func(p *Policy) { p.SupportContact = strings.Repeat("é", 201) }, false},
+		{"issuer name 100 two-byte characters", func(p *Policy) { p.IssuerName = strings.Repeat("é", 100) }, true},
 		{"support contact 201 bytes", func(p *Policy) { p.SupportContact = strings.Repeat("s", 201) }, false},
 		{"mail_from an address", func(p *Policy) { p.MailFrom = "security@acme.example" }, true},
 		{"mail_from without @", func(p *Policy) { p.MailFrom = "acme.example" }, false},
