@@ -65,6 +65,14 @@ func (u *UserTwoFactor) SecurityKeys() []SecurityKey {
 	return out
 }
 
+// ListSecurityKeys shows the keys to the user or an admin of the tenant.
+func (u *UserTwoFactor) ListSecurityKeys(env Env) ([]SecurityKey, error) {
+	if err := u.selfOrAdmin(env); err != nil {
+		return nil, err
+	}
+	return u.SecurityKeys(), nil
+}
+
 // PendingKeyRegistration returns the open registration ceremony, if any.
 func (u *UserTwoFactor) PendingKeyRegistration() (KeyCeremony, bool) {
 	return u.st.PendingKeyRegistration.view(u.st.WebAuthnUserHandle)
