@@ -286,6 +286,9 @@ func TestSecurityKey_SwitchToEmailRemovesKeys(t *testing.T) {
 		t.Fatalf("switched = %+v", sw)
 	}
 	wantMethods(t, s.snap().Methods, MethodEmail)
+
+	events, err := s.u.SwitchMethod(s.admin(), MethodWebAuthn, "")
+	refused(t, events, err, KindInvalid, "invalid_method")
 }
 
 func TestWebAuthnPolicyValidate(t *testing.T) {
