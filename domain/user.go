@@ -464,6 +464,8 @@ type Snapshot struct {
 	AttemptsRemaining   int       `json:"attempts_remaining"`
 	LastVerifiedAt      time.Time `json:"last_verified_at,omitempty"`
 	LastVerifiedMethod  Method    `json:"last_verified_method,omitempty"`
+	// SecurityKeys counts the registered security keys (the method "webauthn").
+	SecurityKeys int `json:"security_keys"`
 }
 
 // Snapshot derives the status at `now` under policy p.
@@ -484,6 +486,7 @@ func (u *UserTwoFactor) Snapshot(now time.Time, p Policy) Snapshot {
 		AttemptsRemaining:    u.attemptsRemaining(now, p),
 		LastVerifiedAt:       u.st.LastVerifiedAt,
 		LastVerifiedMethod:   u.st.LastVerifiedMethod,
+		SecurityKeys:         len(u.st.SecurityKeys),
 	}
 	if s.Methods == nil {
 		s.Methods = []Method{}
