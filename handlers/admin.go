@@ -2,7 +2,6 @@ package handlers
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"strconv"
 	"strings"
@@ -22,103 +21,74 @@ func notImplemented(what string) error {
 	return newAPIError(http.StatusNotImplemented, codeNotImplemented, what+" is not available in this build yet")
 }
 
-func (a *API) listUsers(c *gin.Context) {
-	if err := onlyQuery(c, "status", "method", "required", "low_backup_codes", "locked", "limit", "cursor", "min_position"); err != nil {
-		a.fail(c, err)
-		return
+func (s strictServer) ListUsers(ctx context.Context, in api.ListUsersRequestObject) (api.ListUsersResponseObject, error) {
+	c := ctx.(*gin.Context)
+	if _, err := s.a.actor(c); err != nil {
+		return nil, err
 	}
-	if _, err := a.actor(c); err != nil {
-		a.fail(c, err)
-		return
-	}
-	q := UserQuery{Status: domain.Status(c.Query("status")), After: c.Query("cursor"), Limit: 50}
+	p := in.Params
+	q := UserQuery{Status: domain.Status(deref(p.Status)), Required: p.Required, LowBackupCodes: p.LowBackupCodes, Locked: p.Locked, After: deref(p.Cursor), Limit: 50}
 	switch q.Status {
 	case "", domain.StatusNotActivated, domain.StatusPending, domain.StatusActivated, domain.StatusLocked,
 		domain.StatusDisabled, domain.StatusResetPending, domain.StatusSetupAppAtNextLogin:
 	default:
-		a.fail(c, domain.Invalid(domain.CodeInvalidArgument, "unknown status filter"))
-		return
+		return nil, domain.Invalid(domain.CodeInvalidArgument, "unknown status filter")
 	}
-	if m := c.Query("method"); m != "" {
+	if m := deref(p.Method); m != "" {
 		method, err := domain.ParseMethod(m)
 		if err != nil {
-			a.fail(c, err)
-			return
+			return nil, err
 		}
 		q.Method = method
 	}
-	var err error
-	for name, dst := range map[string]**bool{"required": &q.Required, "low_backup_codes": &q.LowBackupCodes, "locked": &q.Locked} {
-		if *dst, err = parseBoolQuery(c, name); err != nil {
-			a.fail(c, err)
-			return
+	if p.Limit != nil {
+		if *p.Limit < 1 || *p.Limit > 200 {
+			return nil, domain.Invalid(domain.CodeInvalidArgument, "limit must be between 1 and 200")
 		}
-	}
-	if raw, ok := c.GetQuery("limit"); ok {
-		n, err := strconv.Atoi(raw)
-		if err != nil || n < 1 || n > 200 {
-			a.fail(c, domain.Invalid(domain.CodeInvalidArgument, "limit must be between 1 and 200"))
-			return
-		}
-		q.Limit = n
+		q.Limit = *p.Limit
 	}
 	if len(q.After) > 500 {
-		a.fail(c, domain.Invalid(domain.CodeInvalidArgument, "cursor is not valid"))
-		return
+		return nil, domain.Invalid(domain.CodeInvalidArgument, "cursor is not valid")
 	}
-	pos, err := minPosition(c)
+	pos, err := minPosition(p.MinPosition)
 	if err != nil {
-		a.fail(c, err)
-		return
+		return nil, err
 	}
-	if a.reads == nil {
-		a.fail(c, notImplemented("the user list (read model)"))
-		return
+	if s.a.reads == nil {
+		return nil, notImplemented("the user list (read model)")
 	}
-	page, err := a.reads.ListUsers(c.Request.Context(), apiKey(c).TenantID, q, pos)
-	if errors.Is(err, ErrReadTimeout) {
-		err = readTimeout()
+	page, err := s.a.reads.ListUsers(c.Request.Context(), apiKey(c).TenantID, q, pos)
+	out := api.ListUsers200JSONResponse{Users: make([]api.UserStatus, 0, len(page.Users))}
+	for _, u := range page.Users {
+		out.Users = append(out.Users, statusView(u))
 	}
-	if err != nil {
-		a.fail(c, err)
-		return
+	if page.NextCursor != "" {
+		out.NextCursor = &page.NextCursor
 	}
-	if page.Users == nil {
-		page.Users = []UserStatus{}
-	}
-	writeJSON(c, http.StatusOK, page)
+	return out, err
 }
 
-func (a *API) coverage(c *gin.Context) {
-	if err := onlyQuery(c, "min_position"); err != nil {
-		a.fail(c, err)
-		return
+func (s strictServer) Coverage(ctx context.Context, in api.CoverageRequestObject) (api.CoverageResponseObject, error) {
+	c := ctx.(*gin.Context)
+	if _, err := s.a.actor(c); err != nil {
+		return nil, err
 	}
-	if _, err := a.actor(c); err != nil {
-		a.fail(c, err)
-		return
-	}
-	pos, err := minPosition(c)
+	pos, err := minPosition(in.Params.MinPosition)
 	if err != nil {
-		a.fail(c, err)
-		return
+		return nil, err
 	}
-	if a.reads == nil {
-		a.fail(c, notImplemented("tenant coverage (read model)"))
-		return
+	if s.a.reads == nil {
+		return nil, notImplemented("tenant coverage (read model)")
 	}
-	cov, err := a.reads.Coverage(c.Request.Context(), apiKey(c).TenantID, pos)
-	if errors.Is(err, ErrReadTimeout) {
-		err = readTimeout()
+	cov, err := s.a.reads.Coverage(c.Request.Context(), apiKey(c).TenantID, pos)
+	out := api.Coverage200JSONResponse{
+		Users: cov.Users, ByStatus: make(map[string]int, len(cov.ByStatus)), Activated: cov.Activated, ActivatedShare: cov.ActivatedShare,
+		RequiredNotEnrolled: cov.RequiredNotEnrolled, LockedNow: cov.LockedNow, UpdatedAt: cov.UpdatedAt, AppliedPosition: int(cov.AppliedPosition),
 	}
-	if err != nil {
-		a.fail(c, err)
-		return
+	for st, n := range cov.ByStatus {
+		out.ByStatus[string(st)] = n
 	}
-	if cov.ByStatus == nil {
-		cov.ByStatus = map[domain.Status]int{}
-	}
-	writeJSON(c, http.StatusOK, cov)
+	return out, err
 }
 
 // Tenant API keys, managed by the tenant's super admins.
@@ -126,6 +96,12 @@ func (a *API) coverage(c *gin.Context) {
 // keyView is a key as the contract shows it.
 func keyView(k APIKey) api.APIKey {
 	return api.APIKey{KeyId: k.KeyID, Role: api.Role(k.Role), Name: k.Name, CreatedBy: k.CreatedBy, CreatedAt: k.CreatedAt, RevokedAt: k.RevokedAt}
+}
+
+// issuedView is a new key as the contract shows it, with its token.
+func issuedView(k IssuedKey) api.IssuedKey {
+	v := keyView(k.APIKey)
+	return api.IssuedKey{KeyId: v.KeyId, Role: v.Role, Name: v.Name, CreatedBy: v.CreatedBy, CreatedAt: v.CreatedAt, Token: k.Token}
 }
 
 // keyList lists a tenant's keys, never their tokens.
@@ -149,8 +125,7 @@ func (a *API) issueKey(ctx context.Context, tenant, by string, in api.IssueKeyRe
 		return api.IssuedKey{}, err
 	}
 	a.log.InfoContext(ctx, "api key issued", "tenant_id", tenant, "key_id", k.KeyID, "role", string(role), "by", by, "request_id", requestID(ctx.(*gin.Context)))
-	v := keyView(k.APIKey)
-	return api.IssuedKey{KeyId: v.KeyId, Role: v.Role, Name: v.Name, CreatedBy: v.CreatedBy, CreatedAt: v.CreatedAt, Token: k.Token}, nil
+	return issuedView(k), nil
 }
 
 func (a *API) revokeKey(ctx context.Context, tenant, keyID, by string) (api.APIKey, error) {
@@ -199,29 +174,31 @@ func (s strictServer) RevokeKey(ctx context.Context, in api.RevokeKeyRequestObje
 // Auditor routes. Every read is written to the audit access log first: a read
 // that cannot be logged is not served.
 
-func auditFilter(c *gin.Context) (audit.Filter, error) {
+// auditFilter is the filter of a feed or a history, checked as the contract
+// states it where the generated layer does not.
+func auditFilter(p api.AuditFeedParams) (audit.Filter, error) {
 	var f audit.Filter
-	if raw, ok := c.GetQuery("after_position"); ok {
-		n, err := strconv.ParseInt(raw, 10, 64)
-		if err != nil || n < 0 {
+	if p.AfterPosition != nil {
+		if *p.AfterPosition < 0 {
 			return f, domain.Invalid(domain.CodeInvalidArgument, "after_position must be a non-negative integer")
 		}
-		f.AfterPosition = n
+		f.AfterPosition = int64(*p.AfterPosition)
 	}
-	if raw, ok := c.GetQuery("limit"); ok {
-		n, err := strconv.Atoi(raw)
-		if err != nil || n < 1 || n > 1000 {
+	if p.Limit != nil {
+		if *p.Limit < 1 || *p.Limit > 1000 {
 			return f, domain.Invalid(domain.CodeInvalidArgument, "limit must be between 1 and 1000")
 		}
-		f.Limit = n
+		f.Limit = *p.Limit
 	}
-	for _, t := range c.QueryArray("type") {
-		if _, ok := domain.NewEvent(t); !ok {
-			return f, domain.Invalid(domain.CodeInvalidArgument, "unknown event type "+strconv.Quote(t))
+	if p.Type != nil {
+		for _, t := range *p.Type {
+			if _, ok := domain.NewEvent(t); !ok {
+				return f, domain.Invalid(domain.CodeInvalidArgument, "unknown event type "+strconv.Quote(t))
+			}
+			f.Types = append(f.Types, t)
 		}
-		f.Types = append(f.Types, t)
 	}
-	if raw := c.Query("actor"); raw != "" {
+	if raw := deref(p.Actor); raw != "" {
 		kind, id, _ := strings.Cut(raw, ":")
 		act := domain.Actor{Kind: domain.ActorKind(kind), ID: id}
 		if id == "" {
@@ -232,121 +209,140 @@ func auditFilter(c *gin.Context) (audit.Filter, error) {
 		}
 		f.ActorKind, f.ActorID = act.Kind, id
 	}
-	for name, dst := range map[string]*time.Time{"since": &f.From, "until": &f.To} {
-		if raw, ok := c.GetQuery(name); ok {
-			t, err := time.Parse(time.RFC3339, raw)
-			if err != nil {
-				return f, domain.Invalid(domain.CodeInvalidArgument, name+" must be an RFC 3339 time")
-			}
-			*dst = t
+	for name, t := range map[string]*time.Time{"since": p.Since, "until": p.Until} {
+		if err := sentTime(name, t); err != nil {
+			return f, err
 		}
+	}
+	if p.Since != nil {
+		f.From = *p.Since
+	}
+	if p.Until != nil {
+		f.To = *p.Until
 	}
 	return f, nil
 }
 
-// auditRead checks the route's common parts and logs the access.
-func (a *API) auditRead(c *gin.Context, action, target string, allowed ...string) bool {
-	if err := onlyQuery(c, allowed...); err != nil {
-		a.fail(c, err)
-		return false
+// sentTime refuses a time sent empty, which the generated layer binds as the
+// zero time.
+func sentTime(name string, t *time.Time) error {
+	if t != nil && t.IsZero() {
+		return domain.Invalid(domain.CodeInvalidArgument, name+" must be an RFC 3339 time")
 	}
-	actor, err := a.actor(c)
+	return nil
+}
+
+// auditRead logs the access of a read and answers the tenant read.
+func (s strictServer) auditRead(ctx context.Context, action, target string) (string, error) {
+	c := ctx.(*gin.Context)
+	actor, err := s.a.actor(c)
 	if err != nil {
-		a.fail(c, err)
-		return false
+		return "", err
 	}
-	if a.audit == nil {
-		a.fail(c, notImplemented("the audit routes"))
-		return false
+	if s.a.audit == nil {
+		return "", notImplemented("the audit routes")
 	}
 	k := apiKey(c)
-	if err := a.audit.RecordAccess(c.Request.Context(), audit.Access{
+	return k.TenantID, s.a.audit.RecordAccess(c.Request.Context(), audit.Access{
 		TenantID: k.TenantID, ActorKind: string(actor.Kind), ActorID: actor.ID, KeyID: k.KeyID,
 		RequestID: requestID(c), Action: action, Target: target,
-	}); err != nil {
-		a.fail(c, err)
-		return false
-	}
-	return true
+	})
 }
 
-func (a *API) auditFeed(c *gin.Context) {
-	if !a.auditRead(c, "feed", "", "after_position", "limit", "type", "actor", "since", "until") {
-		return
-	}
-	f, err := auditFilter(c)
+func (s strictServer) AuditFeed(ctx context.Context, in api.AuditFeedRequestObject) (api.AuditFeedResponseObject, error) {
+	tenant, err := s.auditRead(ctx, "feed", "")
 	if err != nil {
-		a.fail(c, err)
-		return
+		return nil, err
 	}
-	page, err := a.audit.Feed(c.Request.Context(), apiKey(c).TenantID, f)
+	f, err := auditFilter(in.Params)
 	if err != nil {
-		a.fail(c, err)
-		return
+		return nil, err
 	}
-	writeJSON(c, http.StatusOK, page)
+	page, err := s.a.audit.Feed(ctx.(*gin.Context).Request.Context(), tenant, f)
+	return api.AuditFeed200JSONResponse(auditPageView(page)), err
 }
 
-func (a *API) auditHistory(c *gin.Context) {
-	user := c.Param("user_id")
-	if err := domain.ValidateIdentifier("user id", user); err != nil {
-		a.fail(c, err)
-		return
+func (s strictServer) AuditHistory(ctx context.Context, in api.AuditHistoryRequestObject) (api.AuditHistoryResponseObject, error) {
+	if err := domain.ValidateIdentifier("user id", in.UserId); err != nil {
+		return nil, err
 	}
-	if !a.auditRead(c, "history", user, "after_position", "limit", "type", "actor", "since", "until") {
-		return
-	}
-	f, err := auditFilter(c)
+	tenant, err := s.auditRead(ctx, "history", in.UserId)
 	if err != nil {
-		a.fail(c, err)
-		return
+		return nil, err
 	}
-	page, err := a.audit.History(c.Request.Context(), apiKey(c).TenantID, user, f)
+	f, err := auditFilter(api.AuditFeedParams(in.Params))
 	if err != nil {
-		a.fail(c, err)
-		return
+		return nil, err
 	}
-	if len(page.Entries) == 0 && f.AfterPosition == 0 {
-		a.fail(c, domain.NotFound(domain.CodeUserNotFound, "user not found"))
-		return
+	page, err := s.a.audit.History(ctx.(*gin.Context).Request.Context(), tenant, in.UserId, f)
+	if err == nil && len(page.Entries) == 0 && f.AfterPosition == 0 {
+		err = domain.NotFound(domain.CodeUserNotFound, "user not found")
 	}
-	writeJSON(c, http.StatusOK, page)
+	return api.AuditHistory200JSONResponse(auditPageView(page)), err
 }
 
-func (a *API) auditStateAt(c *gin.Context) {
-	user := c.Param("user_id")
-	if err := domain.ValidateIdentifier("user id", user); err != nil {
-		a.fail(c, err)
-		return
+func (s strictServer) AuditStateAt(ctx context.Context, in api.AuditStateAtRequestObject) (api.AuditStateAtResponseObject, error) {
+	if err := domain.ValidateIdentifier("user id", in.UserId); err != nil {
+		return nil, err
 	}
-	at, err := time.Parse(time.RFC3339, c.Query("at"))
+	if err := sentTime("at", &in.Params.At); err != nil {
+		return nil, err
+	}
+	tenant, err := s.auditRead(ctx, "state_at", in.UserId)
 	if err != nil {
-		a.fail(c, domain.Invalid(domain.CodeInvalidArgument, "at must be an RFC 3339 time"))
-		return
+		return nil, err
 	}
-	if !a.auditRead(c, "state_at", user, "at") {
-		return
+	snap, err := s.a.audit.StateAt(ctx.(*gin.Context).Request.Context(), tenant, in.UserId, in.Params.At)
+	if err == nil && snap.Version == 0 {
+		err = domain.NotFound(domain.CodeUserNotFound, "the user had no 2FA history at that time")
 	}
-	snap, err := a.audit.StateAt(c.Request.Context(), apiKey(c).TenantID, user, at)
-	if err != nil {
-		a.fail(c, err)
-		return
-	}
-	if snap.Version == 0 {
-		a.fail(c, domain.NotFound(domain.CodeUserNotFound, "the user had no 2FA history at that time"))
-		return
-	}
-	writeJSON(c, http.StatusOK, StatusFromSnapshot(snap))
+	return api.AuditStateAt200JSONResponse(statusView(StatusFromSnapshot(snap))), err
 }
 
-func (a *API) auditVerify(c *gin.Context) {
-	if !a.auditRead(c, "verify", "") {
-		return
-	}
-	rep, err := a.audit.Verify(c.Request.Context(), apiKey(c).TenantID)
+func (s strictServer) AuditVerify(ctx context.Context, _ api.AuditVerifyRequestObject) (api.AuditVerifyResponseObject, error) {
+	tenant, err := s.auditRead(ctx, "verify", "")
 	if err != nil {
-		a.fail(c, err)
-		return
+		return nil, err
 	}
-	writeJSON(c, http.StatusOK, rep)
+	rep, err := s.a.audit.Verify(ctx.(*gin.Context).Request.Context(), tenant)
+	return api.AuditVerify200JSONResponse(auditReportView(rep)), err
+}
+
+// auditPageView is a page of the audit log as the contract shows it.
+func auditPageView(p audit.Page) api.AuditPage {
+	out := api.AuditPage{Entries: make([]api.AuditEntry, 0, len(p.Entries))}
+	for _, e := range p.Entries {
+		out.Entries = append(out.Entries, api.AuditEntry{
+			Position: int(e.Position), EventId: e.EventID, TenantId: e.TenantID, UserId: optional[string](e.UserID),
+			StreamId: e.StreamID, Version: int(e.Version), Type: e.Type, SchemaVersion: e.SchemaVersion, RecordedAt: e.RecordedAt,
+			Actor: api.Actor{Kind: api.ActorKind(e.Actor.Kind), Id: e.Actor.ID}, RequestId: optional[string](e.RequestID),
+			CorrelationId: optional[string](e.CorrelationID), CausationId: optional[string](e.CausationID),
+			KeyId: optional[string](e.KeyID), Reason: optional[string](e.Reason), Data: e.Data,
+		})
+	}
+	if p.Next != 0 {
+		next := int(p.Next)
+		out.NextAfterPosition = &next
+	}
+	return out
+}
+
+// auditReportView is the verifier's verdict as the contract shows it.
+func auditReportView(r audit.Report) api.AuditReport {
+	failure := func(f audit.Failure) api.AuditFailure {
+		return api.AuditFailure{Position: int(f.Position), EventId: f.EventID, StreamId: f.StreamID, Version: int(f.Version), Reason: f.Reason}
+	}
+	out := api.AuditReport{Ok: r.OK, Streams: r.Streams, Events: r.Events}
+	if len(r.Failures) > 0 {
+		fs := make([]api.AuditFailure, 0, len(r.Failures))
+		for _, f := range r.Failures {
+			fs = append(fs, failure(f))
+		}
+		out.Failures = &fs
+	}
+	if r.FirstBroken != nil {
+		fb := failure(*r.FirstBroken)
+		out.FirstBroken = &fb
+	}
+	return out
 }

@@ -263,6 +263,9 @@ func badValues(s *openapi3.Schema) []badValue {
 		}
 	case s.Type.Is("boolean"):
 		str("not a boolean", "maybe")
+	case s.Type.Is("array") && s.Items != nil:
+		// A repeatable query parameter: one value that breaks the items.
+		return badValues(s.Items.Value)
 	}
 	return out
 }

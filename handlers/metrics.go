@@ -1,12 +1,16 @@
 package handlers
 
 import (
+	"context"
+	"net/http"
+
 	"github.com/gin-gonic/gin"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/twofactor/twofactor/domain"
+	"github.com/twofactor/twofactor/handlers/api"
 )
 
 // Metrics holds the service's own Prometheus registry (never the global one),
@@ -16,6 +20,7 @@ type Metrics struct {
 	requestDuration *prometheus.HistogramVec
 	commandOutcomes *prometheus.CounterVec
 	conflictRetries prometheus.Counter
+	handler         http.Handler
 }
 
 // NewMetrics creates the registry with the HTTP and command metrics and the Go
@@ -39,6 +44,7 @@ func NewMetrics() *Metrics {
 	}
 	m.Registry.MustRegister(m.requestDuration, m.commandOutcomes, m.conflictRetries,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.handler = promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry})
 	return m
 }
 
@@ -56,7 +62,22 @@ func (m *Metrics) command(name string, err error) {
 	m.commandOutcomes.WithLabelValues(name, outcome).Inc()
 }
 
-func (m *Metrics) handler() gin.HandlerFunc {
-	h := promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry})
-	return gin.WrapH(h)
+// Metrics answers in Prometheus' text format only, the content type the
+// contract lists: the request goes on without its Accept header, which would
+// let promhttp answer protobuf to a scraper that asks for it.
+func (s strictServer) Metrics(ctx context.Context, _ api.MetricsRequestObject) (api.MetricsResponseObject, error) {
+	r := ctx.(*gin.Context).Request.Clone(ctx)
+	r.Header.Del("Accept")
+	return scrape{h: s.a.metrics.handler, r: r}, nil
+}
+
+// scrape writes promhttp's answer (compressed when the scraper accepts it).
+type scrape struct {
+	h http.Handler
+	r *http.Request
+}
+
+func (s scrape) VisitMetricsResponse(w http.ResponseWriter) error {
+	s.h.ServeHTTP(w, s.r)
+	return nil
 }

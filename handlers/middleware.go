@@ -3,7 +3,6 @@ package handlers
 import (
 	"context"
 	"crypto/subtle"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -137,6 +136,9 @@ func (a *API) bodyRules(c *gin.Context) {
 			a.fail(c, newAPIError(http.StatusUnsupportedMediaType, codeUnsupportedMediaType, "the body must be application/json (UTF-8)"))
 			return
 		}
+		// The generated layer picks a PATCH body's decoder by the media
+		// type's exact spelling.
+		r.Header.Set("Content-Type", mime.FormatMediaType(mt, params))
 		r.Body = http.MaxBytesReader(c.Writer, r.Body, a.cfg.MaxBodyBytes)
 	}
 	c.Next()
@@ -273,21 +275,6 @@ func (a *API) noRoute(c *gin.Context) {
 
 func (a *API) noMethod(c *gin.Context) {
 	a.fail(c, newAPIError(http.StatusMethodNotAllowed, codeMethodNotAllowed, "method not allowed on this route"))
-}
-
-// writeJSON writes a success body.
-func writeJSON(c *gin.Context, status int, v any) {
-	c.Header("Content-Type", "application/json; charset=utf-8")
-	c.Status(status)
-	writeJSONBody(c, v)
-}
-
-func writeJSONBody(c *gin.Context, v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		b = []byte(`{"type":"` + problemTypeBase + codeInternal + `","title":"Internal Server Error","status":500,"code":"` + codeInternal + `"}`)
-	}
-	c.Writer.Write(append(b, '\n')) //nolint:errcheck // the client went away
 }
 
 // contractRoutes reads, per Gin route ("POST /v1/users/:user_id/challenges"),

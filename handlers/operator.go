@@ -3,7 +3,6 @@ package handlers
 import (
 	"context"
 	"fmt"
-	"net/http"
 
 	"github.com/gin-gonic/gin"
 
@@ -16,11 +15,6 @@ import (
 // create tenants and manage any tenant's API keys.
 
 var operatorActor = domain.Actor{Kind: domain.ActorSystem, ID: "operator"}
-
-type createTenantRequest struct {
-	Name   string       `json:"name"`
-	Policy *PolicyPatch `json:"policy"`
-}
 
 // TenantWithKeys is a new tenant and one API key per role, tokens shown once.
 type TenantWithKeys struct {
@@ -49,31 +43,28 @@ func CreateTenantWithKeys(ctx context.Context, svc *commands.Service, keys *KeyS
 	return out, nil
 }
 
-func (a *API) operatorCreateTenant(c *gin.Context) {
-	var req createTenantRequest
-	if err := bind(c, &req, false); err != nil {
-		a.fail(c, err)
-		return
-	}
+func (s strictServer) CreateTenant(ctx context.Context, in api.CreateTenantRequestObject) (api.CreateTenantResponseObject, error) {
+	c := ctx.(*gin.Context)
 	var policy *domain.Policy
-	if req.Policy != nil {
-		p, err := req.Policy.Apply(domain.DefaultPolicy())
+	if in.Body.Policy != nil {
+		p, err := applyPatch(*in.Body.Policy, domain.DefaultPolicy())
 		if err != nil {
-			a.fail(c, err)
-			return
+			return nil, err
 		}
 		policy = &p
 	}
 	meta := commands.Meta{Actor: operatorActor, RequestID: requestID(c), Reason: "operator API"}
-	var out TenantWithKeys
-	if !a.command(c, "CreateTenant", false, func(ctx context.Context) (err error) {
-		out, err = CreateTenantWithKeys(ctx, a.cmd, a.keys, meta, req.Name, policy)
-		return err
-	}) {
-		return
+	out, err := CreateTenantWithKeys(c.Request.Context(), s.a.cmd, s.a.keys, meta, in.Body.Name, policy)
+	s.a.metrics.command("CreateTenant", err)
+	if err != nil {
+		return nil, err
 	}
-	a.log.InfoContext(c.Request.Context(), "tenant created", "tenant_id", out.TenantID, "request_id", requestID(c))
-	writeJSON(c, http.StatusCreated, out)
+	s.a.log.InfoContext(c.Request.Context(), "tenant created", "tenant_id", out.TenantID, "request_id", requestID(c))
+	res := api.CreateTenant201JSONResponse{TenantId: out.TenantID, Name: out.Name, Position: int(out.Position), ApiKeys: make([]api.IssuedKey, 0, len(out.APIKeys))}
+	for _, k := range out.APIKeys {
+		res.ApiKeys = append(res.ApiKeys, issuedView(k))
+	}
+	return res, nil
 }
 
 // operatorTenant checks the tenant in the path exists.

@@ -2,6 +2,7 @@ package handlers
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"strconv"
@@ -192,6 +193,11 @@ func ProblemFor(err error, now time.Time) Problem {
 	case errors.Is(err, errIdempotentDone):
 		// Replaced by the committed answer before it is sent (idempotent).
 		return newProblem(http.StatusConflict, codeIdempotencyPending, "a request with this Idempotency-Key has completed")
+	case errors.Is(err, ErrReadTimeout):
+		p := newProblem(http.StatusServiceUnavailable, codeReadModelTimeout, "the read model has not caught up with min_position yet; retry")
+		n := 1
+		p.RetryAfterSeconds = &n
+		return p
 	case errors.Is(err, context.DeadlineExceeded):
 		return newProblem(http.StatusServiceUnavailable, codeTimeout, "the request took too long; retry")
 	}
@@ -265,5 +271,6 @@ func (a *API) writeProblem(c *gin.Context, p Problem) {
 	c.Header("Content-Type", ProblemContentType)
 	c.Abort()
 	c.Status(p.Status)
-	writeJSONBody(c, p)
+	b, _ := json.Marshal(p)         // a Problem always marshals
+	c.Writer.Write(append(b, '\n')) //nolint:errcheck // the client went away
 }

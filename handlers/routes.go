@@ -1,37 +1,35 @@
 package handlers
 
 import (
+	"bytes"
 	"context"
-	"errors"
-	"net/http"
-	"strconv"
-	"strings"
 
 	"github.com/gin-gonic/gin"
 
 	"github.com/twofactor/twofactor/commands"
 	"github.com/twofactor/twofactor/domain"
 	"github.com/twofactor/twofactor/eventstore"
+	"github.com/twofactor/twofactor/handlers/api"
 )
 
-// routes registers every route. The OpenAPI document lists the same set; a test
-// compares them.
+// routes registers every route: each is an operation of the contract, served
+// by the generated layer (strict.go); a test compares the two lists.
 func (a *API) routes() {
 	e := a.engine
 	e.Use(a.requestIDs, a.observe, a.recoverer, a.timeout, a.bodyRules)
 	e.NoRoute(a.noRoute)
 	e.NoMethod(a.noMethod)
 
-	e.GET("/healthz", a.healthz)
-	e.GET("/readyz", a.readyz)
-	e.GET("/metrics", a.metrics.handler())
-	e.GET("/openapi.yaml", a.openapiDoc)
+	gen, ops := a.generated()
+	e.GET("/healthz", ops.Healthz)
+	e.GET("/readyz", ops.Readyz)
+	e.GET("/metrics", ops.Metrics)
+	e.GET("/openapi.yaml", ops.Openapi)
 
 	v1 := e.Group("/v1", a.ipLimit, a.inputRules)
-	gen := a.generated()
 
 	op := v1.Group("/operator", a.operator, a.idempotent)
-	op.POST("/tenants", a.operatorCreateTenant)
+	op.POST("/tenants", gen.CreateTenant)
 	op.GET("/tenants/:tenant_id/api-keys", gen.OperatorListKeys)
 	op.POST("/tenants/:tenant_id/api-keys", gen.OperatorIssueKey)
 	op.DELETE("/tenants/:tenant_id/api-keys/:key_id", gen.OperatorRevokeKey)
@@ -42,15 +40,15 @@ func (a *API) routes() {
 	auditors := []Role{RoleAuditor, RoleSuperAdmin}
 
 	t := v1.Group("", a.authenticate, a.idempotent)
-	t.GET("/policy", a.allow(all...), a.getPolicy)
-	t.PATCH("/policy", a.allow(admins...), a.patchPolicy)
-	t.GET("/coverage", a.allow(readers...), a.coverage)
+	t.GET("/policy", a.allow(all...), gen.GetPolicy)
+	t.PATCH("/policy", a.allow(admins...), gen.PatchPolicy)
+	t.GET("/coverage", a.allow(readers...), gen.Coverage)
 
 	t.GET("/api-keys", a.allow(RoleSuperAdmin), gen.ListKeys)
 	t.POST("/api-keys", a.allow(RoleSuperAdmin), gen.IssueKey)
 	t.DELETE("/api-keys/:key_id", a.allow(RoleSuperAdmin), gen.RevokeKey)
 
-	t.GET("/users", a.allow(readers...), a.listUsers)
+	t.GET("/users", a.allow(readers...), gen.ListUsers)
 	u := t.Group("/users/:user_id")
 	u.GET("", a.allow(all...), gen.GetUser)
 	u.DELETE("", a.allow(admins...), gen.ForgetUser)
@@ -70,16 +68,10 @@ func (a *API) routes() {
 	u.DELETE("/lock", a.allow(admins...), gen.Unlock)
 
 	au := t.Group("/audit", a.allow(auditors...))
-	au.GET("/events", a.auditFeed)
-	au.GET("/users/:user_id/events", a.auditHistory)
-	au.GET("/users/:user_id/state", a.auditStateAt)
-	au.GET("/verification", a.auditVerify)
-}
-
-// written is the part of every write response a frontend needs for read-your-writes.
-type written struct {
-	// Position is the log position of the last event written (0: nothing was written).
-	Position int64 `json:"position"`
+	au.GET("/events", gen.AuditFeed)
+	au.GET("/users/:user_id/events", gen.AuditHistory)
+	au.GET("/users/:user_id/state", gen.AuditStateAt)
+	au.GET("/verification", gen.AuditVerify)
 }
 
 // meta builds the event metadata of a request.
@@ -101,37 +93,6 @@ func (a *API) target(c *gin.Context) (tenantID, userID string, actor domain.Acto
 	return apiKey(c).TenantID, userID, actor, err
 }
 
-// command runs one command, counts its outcome, and maps an error on a user the
-// tenant has never seen to 404, so another tenant's user and a missing one
-// answer the same.
-func (a *API) command(c *gin.Context, name string, needsUser bool, run func(ctx context.Context) error) bool {
-	err := run(c.Request.Context())
-	a.metrics.command(name, err)
-	if err == nil {
-		return true
-	}
-	if needsUser {
-		err = a.missingUser(c, err)
-	}
-	a.fail(c, err)
-	return false
-}
-
-// changeCommand is command for a setting a repeated request may find already in
-// place: the domain's "nothing to change" answers 200 with changed false, so
-// that a PUT can be repeated safely.
-func (a *API) changeCommand(c *gin.Context, name string, needsUser bool, run func(ctx context.Context) (commands.Result, error)) (out commands.Result, changed, ok bool) {
-	changed = true
-	ok = a.command(c, name, needsUser, func(ctx context.Context) (err error) {
-		out, err = run(ctx)
-		if errors.Is(err, domain.Precondition(domain.CodeNothingToChange, "")) {
-			changed, err = false, nil
-		}
-		return err
-	})
-	return out, changed, ok
-}
-
 func (a *API) missingUser(c *gin.Context, err error) error {
 	de, ok := domain.AsError(err)
 	if !ok || de.Kind == domain.KindInvalid || de.Kind == domain.KindNotFound {
@@ -151,60 +112,24 @@ func (a *API) userExists(ctx context.Context, tenantID, userID string) (bool, er
 	return exists, err
 }
 
-// minPosition reads ?min_position for read-your-writes.
-func minPosition(c *gin.Context) (int64, error) {
-	raw, ok := c.GetQuery("min_position")
-	if !ok {
+// minPosition is ?min_position for read-your-writes.
+func minPosition(p *int) (int64, error) {
+	if p == nil {
 		return 0, nil
 	}
-	n, err := strconv.ParseInt(raw, 10, 64)
-	if err != nil || n < 0 {
+	if *p < 0 {
 		return 0, domain.Invalid(domain.CodeInvalidArgument, "min_position must be a non-negative integer")
 	}
-	return n, nil
+	return int64(*p), nil
 }
 
-// onlyQuery refuses query parameters a route does not know: a typo in a filter
-// must not silently list everything.
-func onlyQuery(c *gin.Context, allowed ...string) error {
-	for k := range c.Request.URL.Query() {
-		ok := false
-		for _, a := range allowed {
-			if k == a {
-				ok = true
-				break
-			}
-		}
-		if !ok {
-			return domain.Invalid(domain.CodeInvalidArgument, "unknown query parameter "+strconv.Quote(k))
-		}
-	}
-	return nil
+func (s strictServer) Healthz(context.Context, api.HealthzRequestObject) (api.HealthzResponseObject, error) {
+	return api.Healthz200JSONResponse{Status: api.HealthStatusOk}, nil
 }
 
-func parseBoolQuery(c *gin.Context, name string) (*bool, error) {
-	raw, ok := c.GetQuery(name)
-	if !ok {
-		return nil, nil
-	}
-	switch strings.ToLower(raw) {
-	case "true":
-		v := true
-		return &v, nil
-	case "false":
-		v := false
-		return &v, nil
-	}
-	return nil, domain.Invalid(domain.CodeInvalidArgument, name+" must be true or false")
-}
-
-func (a *API) healthz(c *gin.Context) {
-	writeJSON(c, http.StatusOK, gin.H{"status": "ok"})
-}
-
-// readyz: the database answers and every extra check passes.
-func (a *API) readyz(c *gin.Context) {
-	checks := map[string]string{}
+// Readyz: the database answers and every extra check passes.
+func (s strictServer) Readyz(ctx context.Context, _ api.ReadyzRequestObject) (api.ReadyzResponseObject, error) {
+	checks := map[string]api.ReadyChecks{}
 	details := map[string]string{}
 	ready, degraded := true, false
 	record := func(name string, err error, rc ReadyCheck) {
@@ -214,33 +139,33 @@ func (a *API) readyz(c *gin.Context) {
 			} else {
 				ready = false
 			}
-			checks[name] = "failing"
+			checks[name] = api.ReadyChecksFailing
 			if rc.Explain {
 				details[name] = err.Error()
 			}
-			a.log.WarnContext(c.Request.Context(), "not ready", "check", name, "error", err.Error())
+			s.a.log.WarnContext(ctx, "not ready", "check", name, "error", err.Error())
 			return
 		}
-		checks[name] = "ok"
+		checks[name] = api.ReadyChecksOk
 	}
-	record("database", a.pool.Ping(c.Request.Context()), ReadyCheck{})
-	for _, rc := range a.ready {
-		record(rc.Name, rc.Check(c.Request.Context()), rc)
+	record("database", s.a.pool.Ping(ctx), ReadyCheck{})
+	for _, rc := range s.a.ready {
+		record(rc.Name, rc.Check(ctx), rc)
 	}
-	status, word := http.StatusOK, "ready"
+	out := api.Ready{Status: api.ReadyStatusReady, Checks: checks}
+	if len(details) > 0 {
+		out.Details = &details
+	}
 	switch {
 	case !ready:
-		status, word = http.StatusServiceUnavailable, "not_ready"
+		out.Status = api.ReadyStatusNotReady
+		return api.Readyz503JSONResponse(out), nil
 	case degraded:
-		word = "degraded"
+		out.Status = api.ReadyStatusDegraded
 	}
-	body := gin.H{"status": word, "checks": checks}
-	if len(details) > 0 {
-		body["details"] = details
-	}
-	writeJSON(c, status, body)
+	return api.Readyz200JSONResponse(out), nil
 }
 
-func (a *API) openapiDoc(c *gin.Context) {
-	c.Data(http.StatusOK, "application/yaml", OpenAPI)
+func (s strictServer) Openapi(context.Context, api.OpenapiRequestObject) (api.OpenapiResponseObject, error) {
+	return api.Openapi200ApplicationyamlResponse{Body: bytes.NewReader(OpenAPI), ContentLength: int64(len(OpenAPI))}, nil
 }

@@ -8,11 +8,11 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
-	"github.com/getkin/kin-openapi/openapi3"
 	"log/slog"
 	"net/http"
 	"time"
 
+	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/gin-gonic/gin"
 	"github.com/jackc/pgx/v5/pgxpool"
 

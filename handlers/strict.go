@@ -14,7 +14,6 @@ import (
 	"github.com/getkin/kin-openapi/openapi3"
 
 	"github.com/gin-gonic/gin"
-	"github.com/gin-gonic/gin/binding"
 
 	"github.com/twofactor/twofactor/commands"
 	"github.com/twofactor/twofactor/domain"
@@ -23,41 +22,40 @@ import (
 
 // The generated layer (handlers/api) binds each operation's path, query and
 // header parameters and its body into typed request objects; the methods of
-// strictServer translate them into a command and its result into a typed
-// response. Errors are returned, not written: HandlerErrorFunc maps them once
-// (fail, problem.go).
-//
-// The move is operation by operation: an operation served here is routed in
-// routes.go to the generated wrapper's method; the others keep their Gin
-// handler and never reach this value, whose embedded interface is nil.
-type strictServer struct {
-	api.StrictServerInterface
-	a *API
-}
+// strictServer translate them into a command or a query and its result into
+// a typed response. Errors are returned, not written: HandlerErrorFunc maps
+// them once (fail, problem.go).
+type strictServer struct{ a *API }
 
-// generated is the Gin side of the generated layer.
-func (a *API) generated() *api.ServerInterfaceWrapper {
-	// Bodies stay strict as bind made them: an unknown field is refused by
-	// the decoder, the rest (an object, no duplicate keys, text, nothing
-	// after it) by bodyShape before it runs.
-	binding.EnableDecoderDisallowUnknownFields = true
+// Every operation of the contract is implemented: a new one fails to compile
+// until it is.
+var _ api.StrictServerInterface = strictServer{}
+
+// generated is the Gin side of the generated layer: the wrapper of the /v1
+// routes checks the query and the body against the contract first; the one of
+// the operations routes (probes, scrapers) does not, as a prober's query
+// string has never been refused.
+func (a *API) generated() (v1, ops *api.ServerInterfaceWrapper) {
 	strict := api.NewStrictHandlerWithOptions(strictServer{a: a}, nil, api.StrictGinServerOptions{
 		RequestErrorHandlerFunc: func(c *gin.Context, err error) {
 			if errors.Is(err, io.EOF) {
-				err = newAPIError(http.StatusBadRequest, codeInvalidJSON, "a JSON object body is required")
+				err = bodyRequired()
 			}
 			a.fail(c, bodyError(err))
 		},
 		HandlerErrorFunc:         a.fail,
 		ResponseErrorHandlerFunc: a.fail,
 	})
-	return &api.ServerInterfaceWrapper{
-		Handler:            strict,
-		HandlerMiddlewares: []api.MiddlewareFunc{a.queryShape, a.bodyShape},
-		ErrorHandler: func(c *gin.Context, err error, _ int) {
-			a.fail(c, domain.Invalid(domain.CodeInvalidArgument, err.Error()))
-		},
+	invalid := func(c *gin.Context, err error, _ int) {
+		a.fail(c, domain.Invalid(domain.CodeInvalidArgument, err.Error()))
 	}
+	v1 = &api.ServerInterfaceWrapper{Handler: strict, HandlerMiddlewares: []api.MiddlewareFunc{a.queryShape, a.bodyShape}, ErrorHandler: invalid}
+	ops = &api.ServerInterfaceWrapper{Handler: strict, ErrorHandler: invalid}
+	return v1, ops
+}
+
+func bodyRequired() error {
+	return newAPIError(http.StatusBadRequest, codeInvalidJSON, "a JSON object body is required")
 }
 
 // bodyError is the problem of a body the decoder refused.
@@ -72,8 +70,8 @@ func bodyError(err error) error {
 	return jsonError(err)
 }
 
-// queryShape refuses a query parameter the operation does not list: a typo
-// in a filter must not silently list everything.
+// queryShape refuses a query parameter the operation does not list: a typo in
+// a filter must not silently list everything.
 func (a *API) queryShape(c *gin.Context) {
 	allowed := a.queries[c.Request.Method+" "+c.FullPath()]
 	for _, k := range slices.Sorted(maps.Keys(c.Request.URL.Query())) {
@@ -84,33 +82,52 @@ func (a *API) queryShape(c *gin.Context) {
 	}
 }
 
-// bodyShape checks what the decoder does not (decodeStrict without a
-// destination) and the members the contract's schema requires or refuses,
-// and puts the body back for the decoder.
+// bodyShape decodes the body once (decodeObject), checks its members against
+// the contract's schema, and hands the decoded value to the generated layer,
+// which binds it into the typed request without decoding the body again. Only
+// a value that does not fit the typed request (a number for a string) is
+// decoded again, by encoding/json, for its error.
 func (a *API) bodyShape(c *gin.Context) {
 	schema := a.bodies[c.Request.Method+" "+c.FullPath()]
 	if schema == nil {
 		return
 	}
 	body, err := io.ReadAll(c.Request.Body)
-	var shape map[string]any
+	var obj map[string]any
 	if err == nil {
-		err = decodeStrict(body, &shape, true)
+		obj, err = decodeObject(body)
 	}
-	if err == nil && len(bytes.TrimSpace(body)) > 0 {
-		err = members(schema, shape)
+	if err == nil && obj != nil {
+		err = members(schema, obj, "")
 	}
 	if err != nil {
 		a.fail(c, bodyError(err))
 		return
 	}
-	c.Request.Body = io.NopCloser(bytes.NewReader(body))
+	if obj == nil {
+		// Left out: the generated layer reads io.EOF and decides.
+		c.Request.Body = http.NoBody
+		return
+	}
+	c.Request.Body = decodedBody{Reader: bytes.NewReader(body), value: obj}
 }
 
+// decodedBody is a body with its decoded value, under the name kin-openapi's
+// request validator gives it (ValidatedValue), which the generated layer looks
+// for before it decodes.
+type decodedBody struct {
+	*bytes.Reader
+	value map[string]any
+}
+
+func (b decodedBody) ValidatedValue() any { return b.value }
+func (decodedBody) Close() error          { return nil }
+
 // members refuses a member the schema does not list (when it allows no
-// others) and a missing one it requires: Go's zero value of a required field
-// would otherwise pass for a value the client sent.
-func members(schema *openapi3.Schema, obj map[string]any) error {
+// others) and a missing one it requires, in nested objects too: Go's zero
+// value of a required field would otherwise pass for a value the client sent,
+// and binding a decoded value ignores members the type does not have.
+func members(schema *openapi3.Schema, obj map[string]any, at string) error {
 	if schema.AdditionalProperties.Has != nil && !*schema.AdditionalProperties.Has {
 		for _, k := range slices.Sorted(maps.Keys(obj)) {
 			if _, ok := schema.Properties[k]; !ok {
@@ -120,7 +137,15 @@ func members(schema *openapi3.Schema, obj map[string]any) error {
 	}
 	for _, k := range schema.Required {
 		if v, ok := obj[k]; !ok || v == nil {
-			return domain.Invalid(domain.CodeInvalidArgument, k+" is required")
+			return domain.Invalid(domain.CodeInvalidArgument, joinField(at, k)+" is required")
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(schema.Properties)) {
+		inner, ok := obj[k].(map[string]any)
+		if ok && schema.Properties[k].Value.Type.Is(openapi3.TypeObject) {
+			if err := members(schema.Properties[k].Value, inner, joinField(at, k)); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -182,12 +207,12 @@ func reasonOf(body *api.ReasonRequest) string {
 	return deref(body.Reason)
 }
 
-// deref is an optional string of a body, empty when absent.
-func deref(s *string) string {
+// deref is an optional string of a request, empty when absent.
+func deref[T ~string](s *T) string {
 	if s == nil {
 		return ""
 	}
-	return *s
+	return string(*s)
 }
 
 func (s strictServer) Reset(ctx context.Context, r api.ResetRequestObject) (api.ResetResponseObject, error) {
@@ -261,7 +286,7 @@ func (s strictServer) ConfirmEnrollment(ctx context.Context, in api.ConfirmEnrol
 	if err != nil {
 		return nil, err
 	}
-	method, err := parseEnrolMethod(string(in.Method))
+	method, err := domain.ParseMethod(string(in.Method))
 	if err != nil {
 		return nil, err
 	}

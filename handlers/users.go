@@ -2,7 +2,6 @@ package handlers
 
 import (
 	"context"
-	"net/http"
 
 	"github.com/twofactor/twofactor/commands"
 	"github.com/twofactor/twofactor/domain"
@@ -18,8 +17,8 @@ func (s strictServer) GetUser(ctx context.Context, in api.GetUserRequestObject) 
 		return nil, err
 	}
 	// Met without waiting (userStatus), but still a position.
-	if in.Params.MinPosition != nil && *in.Params.MinPosition < 0 {
-		return nil, domain.Invalid(domain.CodeInvalidArgument, "min_position must be a non-negative integer")
+	if _, err := minPosition(in.Params.MinPosition); err != nil {
+		return nil, err
 	}
 	status, err := s.a.userStatus(r.c.Request.Context(), r.tenant, r.user)
 	return api.GetUser200JSONResponse(statusView(status)), err
@@ -57,20 +56,6 @@ func (a *API) userStatus(ctx context.Context, tenant, user string) (UserStatus, 
 	return StatusFromSnapshot(snap), nil
 }
 
-func readTimeout() error {
-	e := newAPIError(http.StatusServiceUnavailable, codeReadModelTimeout, "the read model has not caught up with min_position yet; retry")
-	e.retryAfter = 1
-	return e
-}
-
-func parseEnrolMethod(s string) (domain.Method, error) {
-	m, err := domain.ParseMethod(s)
-	if err != nil {
-		return "", err
-	}
-	return m, nil
-}
-
 // StartEnrollment answers the pending TOTP enrolment (secret, URI, QR code)
 // or, for email and SMS, the code sent; the body is optional for TOTP only.
 func (s strictServer) StartEnrollment(ctx context.Context, in api.StartEnrollmentRequestObject) (api.StartEnrollmentResponseObject, error) {
@@ -78,7 +63,7 @@ func (s strictServer) StartEnrollment(ctx context.Context, in api.StartEnrollmen
 	if err != nil {
 		return nil, err
 	}
-	method, err := parseEnrolMethod(string(in.Method))
+	method, err := domain.ParseMethod(string(in.Method))
 	if err != nil {
 		return nil, err
 	}
@@ -86,7 +71,7 @@ func (s strictServer) StartEnrollment(ctx context.Context, in api.StartEnrollmen
 	if in.Body != nil {
 		body = *in.Body
 	} else if method != domain.MethodTOTP {
-		return nil, newAPIError(http.StatusBadRequest, codeInvalidJSON, "a JSON object body is required")
+		return nil, bodyRequired()
 	}
 	account, destination := deref(body.AccountName), deref(body.Destination)
 	var res api.StartEnrollment201JSONResponse
@@ -129,7 +114,7 @@ func methodsView(ms []domain.Method) []api.Method {
 }
 
 // optional is a value the contract omits when it is the zero value.
-func optional[T ~string](v domain.Method) *T {
+func optional[T, V ~string](v V) *T {
 	if v == "" {
 		return nil
 	}

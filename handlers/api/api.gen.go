@@ -467,19 +467,19 @@ type AuditEntry struct {
 	CorrelationId *string `json:"correlation_id,omitempty"`
 
 	// Data The event's payload; sealed fields read "[redacted]", backup-code hashes become code_count.
-	Data          map[string]interface{} `json:"data"`
-	EventId       string                 `json:"event_id"`
-	KeyId         *string                `json:"key_id,omitempty"`
-	Position      int                    `json:"position"`
-	Reason        *string                `json:"reason,omitempty"`
-	RecordedAt    time.Time              `json:"recorded_at"`
-	RequestId     *string                `json:"request_id,omitempty"`
-	SchemaVersion int                    `json:"schema_version"`
-	StreamId      string                 `json:"stream_id"`
-	TenantId      string                 `json:"tenant_id"`
-	Type          string                 `json:"type"`
-	UserId        *string                `json:"user_id,omitempty"`
-	Version       int                    `json:"version"`
+	Data          json.RawMessage `json:"data"`
+	EventId       string          `json:"event_id"`
+	KeyId         *string         `json:"key_id,omitempty"`
+	Position      int             `json:"position"`
+	Reason        *string         `json:"reason,omitempty"`
+	RecordedAt    time.Time       `json:"recorded_at"`
+	RequestId     *string         `json:"request_id,omitempty"`
+	SchemaVersion int             `json:"schema_version"`
+	StreamId      string          `json:"stream_id"`
+	TenantId      string          `json:"tenant_id"`
+	Type          string          `json:"type"`
+	UserId        *string         `json:"user_id,omitempty"`
+	Version       int             `json:"version"`
 }
 
 // AuditFailure defines model for AuditFailure.
@@ -588,7 +588,7 @@ type ContactAddressResult struct {
 // Coverage defines model for Coverage.
 type Coverage struct {
 	Activated           int            `json:"activated"`
-	ActivatedShare      float32        `json:"activated_share"`
+	ActivatedShare      float64        `json:"activated_share"`
 	AppliedPosition     int            `json:"applied_position"`
 	ByStatus            map[string]int `json:"by_status"`
 	LockedNow           int            `json:"locked_now"`
@@ -951,7 +951,7 @@ type AfterPosition = int
 type AuditLimit = int
 
 // EventType defines model for EventType.
-type EventType = string
+type EventType = []string
 
 // IdempotencyKey defines model for IdempotencyKey.
 type IdempotencyKey = string
@@ -1057,7 +1057,7 @@ type AuditFeedParams struct {
 	AfterPosition *AfterPosition `form:"after_position,omitempty" json:"after_position,omitempty"`
 	Limit         *AuditLimit    `form:"limit,omitempty" json:"limit,omitempty"`
 
-	// Type Event type (repeatable), e.g. TwoFactorEnabled.
+	// Type Event type (repeatable, any of them), e.g. TwoFactorEnabled.
 	Type *EventType `form:"type,omitempty" json:"type,omitempty"`
 
 	// Actor kind or kind:id, e.g. admin:bob.
@@ -1074,7 +1074,7 @@ type AuditHistoryParams struct {
 	AfterPosition *AfterPosition `form:"after_position,omitempty" json:"after_position,omitempty"`
 	Limit         *AuditLimit    `form:"limit,omitempty" json:"limit,omitempty"`
 
-	// Type Event type (repeatable), e.g. TwoFactorEnabled.
+	// Type Event type (repeatable, any of them), e.g. TwoFactorEnabled.
 	Type *EventType `form:"type,omitempty" json:"type,omitempty"`
 
 	// Actor kind or kind:id, e.g. admin:bob.
@@ -1798,7 +1798,7 @@ func (siw *ServerInterfaceWrapper) AuditFeed(c *gin.Context) {
 
 	// ------------- Optional query parameter "type" -------------
 
-	err = runtime.BindQueryParameterWithOptions("form", true, false, "type", c.Request.URL.Query(), &params.Type, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "type", c.Request.URL.Query(), &params.Type, runtime.BindQueryParameterOptions{Type: "array", Format: ""})
 	if err != nil {
 		siw.ErrorHandler(c, fmt.Errorf("Invalid format for parameter type: %w", err), http.StatusBadRequest)
 		return
@@ -1895,7 +1895,7 @@ func (siw *ServerInterfaceWrapper) AuditHistory(c *gin.Context) {
 
 	// ------------- Optional query parameter "type" -------------
 
-	err = runtime.BindQueryParameterWithOptions("form", true, false, "type", c.Request.URL.Query(), &params.Type, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "type", c.Request.URL.Query(), &params.Type, runtime.BindQueryParameterOptions{Type: "array", Format: ""})
 	if err != nil {
 		siw.ErrorHandler(c, fmt.Errorf("Invalid format for parameter type: %w", err), http.StatusBadRequest)
 		return
