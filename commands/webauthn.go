@@ -241,11 +241,6 @@ func (s *Service) FinishSecurityKeyRegistration(ctx context.Context, meta Meta, 
 	if len(cmd.Response) == 0 || len(cmd.Response) > MaxSecurityKeyResponse {
 		return SecurityKeyAdded{}, invalidKeyResponse()
 	}
-	// Parsing is pure: once, before any decision.
-	parsed, err := protocol.ParseCredentialCreationResponseBytes(cmd.Response)
-	if err != nil {
-		return SecurityKeyAdded{}, invalidKeyResponse()
-	}
 	var codes []string
 	var keyID string
 	res, _, err := s.executeUser(ctx, meta, cmd.TenantID, cmd.UserID, func(ctx context.Context, u *domain.UserTwoFactor, env domain.Env) ([]domain.Event, error) {
@@ -253,6 +248,12 @@ func (s *Service) FinishSecurityKeyRegistration(ctx context.Context, meta Meta, 
 		if !ok || !env.Now.Before(pending.ExpiresAt) {
 			// The domain says why (nothing pending, expired) before any crypto.
 			return u.RegisterSecurityKey(env, domain.KeyRegistration{Challenge: pending.Challenge}, nil)
+		}
+		// Parsed once an answer is awaited: a user nobody has seen answers as
+		// unknown, not as a bad request (another tenant's key learns nothing).
+		parsed, err := protocol.ParseCredentialCreationResponseBytes(cmd.Response)
+		if err != nil {
+			return nil, invalidKeyResponse()
 		}
 		handle, err := b64url.DecodeString(pending.UserHandle)
 		if err != nil {
@@ -410,14 +411,15 @@ func (s *Service) VerifySecurityKey(ctx context.Context, meta Meta, cmd VerifySe
 	if len(cmd.Response) == 0 || len(cmd.Response) > MaxSecurityKeyResponse {
 		return Verification{}, invalidKeyResponse()
 	}
-	parsed, err := protocol.ParseCredentialRequestResponseBytes(cmd.Response)
-	if err != nil {
-		return Verification{}, invalidKeyResponse()
-	}
 	res, u, err := s.executeUser(ctx, meta, cmd.TenantID, cmd.UserID, func(ctx context.Context, u *domain.UserTwoFactor, env domain.Env) ([]domain.Event, error) {
 		pending, ok := u.PendingKeyChallenge()
 		if !ok || !env.Now.Before(pending.ExpiresAt) {
 			return u.VerifySecurityKey(env, domain.KeyAssertion{Challenge: pending.Challenge})
+		}
+		// Parsed once an answer is awaited (see FinishSecurityKeyRegistration).
+		parsed, err := protocol.ParseCredentialRequestResponseBytes(cmd.Response)
+		if err != nil {
+			return nil, invalidKeyResponse()
 		}
 		keys, creds, err := s.openKeys(ctx, u)
 		if err != nil {

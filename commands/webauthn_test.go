@@ -391,6 +391,7 @@ func TestSecurityKey_NotOfferedWithoutARelyingParty(t *testing.T) {
 	f := newFixture(t, nil)
 	_, err := f.Svc.StartSecurityKeyRegistration(ctx, as("alice"), commands.StartSecurityKeyRegistration{TenantID: f.Tenant, UserID: "alice"})
 	wantErr(t, err, domain.KindForbidden, domain.CodeMethodDisabled)
+	// Nothing is awaited: the answer is not even read.
 	_, err = f.Svc.VerifySecurityKey(ctx, as("alice"), commands.VerifySecurityKey{TenantID: f.Tenant, UserID: "alice", Response: []byte(`{"id":1}`)})
-	wantErr(t, err, domain.KindInvalid, domain.CodeInvalidSecurityKeyData)
+	wantErr(t, err, domain.KindPrecondition, domain.CodeNotEnrolled)
 }

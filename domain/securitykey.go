@@ -70,6 +70,10 @@ func (u *UserTwoFactor) ListSecurityKeys(env Env) ([]SecurityKey, error) {
 	if err := u.selfOrAdmin(env); err != nil {
 		return nil, err
 	}
+	if u.version == 0 {
+		// Listing must not tell a user nobody has seen from one without keys.
+		return nil, NotFound(CodeUserNotFound, "user not found")
+	}
 	return u.SecurityKeys(), nil
 }
 
