@@ -132,6 +132,9 @@ func (k *Key) authData(rpID string, attested bool) ([]byte, error) {
 	return append(out, cose...), nil
 }
 
+// PublicKey is the credential's public key as the service stores it (COSE).
+func (k *Key) PublicKey() ([]byte, error) { return k.coseKey() }
+
 func (k *Key) coseKey() ([]byte, error) {
 	switch pub := k.signer.Public().(type) {
 	case *ecdsa.PublicKey:
