@@ -266,7 +266,9 @@ func (s *Service) FinishSecurityKeyRegistration(ctx context.Context, meta Meta, 
 		}
 		session := webauthn.SessionData{
 			Challenge: pending.Challenge, RelyingPartyID: env.Policy.WebAuthn.RPID, UserID: handle,
-			UserVerification: uvRequirement(pending.UserVerification), CredParams: webauthn.CredentialParametersDefault(),
+			// Preferred here: the domain decides on the UV flag with the policy
+			// (user_verification_required rather than a bad answer).
+			UserVerification: protocol.VerificationPreferred, CredParams: webauthn.CredentialParametersDefault(),
 		}
 		cred, err := rp.CreateCredential(keyUser{handle: handle, name: cmd.UserID}, session, parsed)
 		if err != nil {

@@ -387,6 +387,48 @@ func TestSecurityKey_ErasureRemovesTheCredential(t *testing.T) {
 	wantErr(t, err, domain.KindNotFound, domain.CodeUserForgotten)
 }
 
+// A tenant that requires user verification refuses a key that did not check
+// its PIN or biometric, at registration and at login.
+func TestSecurityKey_UserVerificationRequired(t *testing.T) {
+	p := rpPolicy()
+	p.WebAuthn.UserVerification = domain.UserVerificationRequired
+	f := newFixture(t, p)
+	key := newKey(t, softkey.ES256, softkey.FormatNone)
+	key.UserVerified = false
+	opts, err := f.Svc.StartSecurityKeyRegistration(ctx, as("alice"), commands.StartSecurityKeyRegistration{TenantID: f.Tenant, UserID: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(opts.Options), `"userVerification":"required"`) {
+		t.Fatalf("options do not ask for user verification: %s", opts.Options)
+	}
+	created, err := key.Create(opts.Options, rpOrigin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.Svc.FinishSecurityKeyRegistration(ctx, as("alice"), commands.FinishSecurityKeyRegistration{TenantID: f.Tenant, UserID: "alice", Name: "k", Response: created})
+	wantErr(t, err, domain.KindInvalid, domain.CodeUserVerificationRequired)
+
+	key.UserVerified = true
+	registerKey(t, f, "alice", key, "k")
+	key.UserVerified = false
+	resp, err := key.Get(loginOptions(t, f, "alice"), rpOrigin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = verifyKey(f, "alice", resp)
+	wantErr(t, err, domain.KindInvalid, domain.CodeInvalidCode)
+	var failed *domain.SecurityKeyAssertionFailed
+	for _, r := range f.Records("alice") {
+		if e, ok := r.Event.(*domain.SecurityKeyAssertionFailed); ok {
+			failed = e
+		}
+	}
+	if failed == nil || failed.Reason != domain.AssertionUserNotVerified {
+		t.Fatalf("failed = %+v", failed)
+	}
+}
+
 func TestSecurityKey_NotOfferedWithoutARelyingParty(t *testing.T) {
 	f := newFixture(t, nil)
 	_, err := f.Svc.StartSecurityKeyRegistration(ctx, as("alice"), commands.StartSecurityKeyRegistration{TenantID: f.Tenant, UserID: "alice"})
