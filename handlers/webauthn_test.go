@@ -2,6 +2,7 @@ package handlers_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"testing"
 
 	"github.com/twofactor/twofactor/internal/softkey"
@@ -11,9 +12,9 @@ const keyOrigin = "https://login.example.com"
 
 // Register a security key and log in with it through the Gin engine, each
 // answer checked against the contract; then a replay, a phished answer, a
-// cloned key and the relying party's own routes.
+// cloned key, the read model and the relying party's own routes.
 func TestSecurityKeyRegistrationAndLoginOverHTTP(t *testing.T) {
-	h := newHarness(t, nil)
+	h := newReadSideHarness(t)
 	tok, actor := h.admin()
 
 	// No relying party yet: the method is not offered.
@@ -47,8 +48,17 @@ func TestSecurityKeyRegistrationAndLoginOverHTTP(t *testing.T) {
 		t.Fatalf("added = %s", added.raw)
 	}
 	status := h.asAdmin("GET", "kim", "", nil).want(200).json()
-	if methods, _ := status["methods"].([]any); status["status"] != "activated" || len(methods) != 1 || methods[0] != "webauthn" {
+	if methods, _ := status["methods"].([]any); status["status"] != "activated" || len(methods) != 1 || methods[0] != "webauthn" || status["security_keys"] != float64(1) {
 		t.Fatalf("status = %v", status)
+	}
+	// The read model, once it has the write: the method and the count.
+	var pos struct {
+		Position int `json:"position"`
+	}
+	added.decode(&pos)
+	page := h.do(call{method: "GET", path: fmt.Sprintf("/v1/users?method=webauthn&min_position=%d", pos.Position), token: tok, actor: actor}).want(200).json()
+	if users, _ := page["users"].([]any); len(users) != 1 || users[0].(map[string]any)["user_id"] != "kim" || users[0].(map[string]any)["security_keys"] != float64(1) {
+		t.Fatalf("users with security keys = %v", page)
 	}
 	list := h.asAdmin("GET", "kim", "/security-keys", nil).want(200).json()
 	if keys, _ := list["security_keys"].([]any); len(keys) != 1 || keys[0].(map[string]any)["name"] != "Blue key" {

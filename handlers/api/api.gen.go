@@ -1031,11 +1031,14 @@ type UserStatus struct {
 
 	// RequirementWaivedBy Who switched "use 2FA" off, while it is off (absent when it never was on).
 	RequirementWaivedBy *UserStatusRequirementWaivedBy `json:"requirement_waived_by,omitempty"`
-	SetupAppAtNextLogin bool                           `json:"setup_app_at_next_login"`
-	Status              Status                         `json:"status"`
-	UpdatedAt           *time.Time                     `json:"updated_at,omitempty"`
-	UserId              string                         `json:"user_id"`
-	Version             int                            `json:"version"`
+
+	// SecurityKeys How many security keys (the method webauthn) the user has.
+	SecurityKeys        *int       `json:"security_keys,omitempty"`
+	SetupAppAtNextLogin bool       `json:"setup_app_at_next_login"`
+	Status              Status     `json:"status"`
+	UpdatedAt           *time.Time `json:"updated_at,omitempty"`
+	UserId              string     `json:"user_id"`
+	Version             int        `json:"version"`
 }
 
 // UserStatusRequirementWaivedBy Who switched "use 2FA" off, while it is off (absent when it never was on).
