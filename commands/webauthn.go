@@ -245,8 +245,9 @@ func (s *Service) FinishSecurityKeyRegistration(ctx context.Context, meta Meta, 
 	var keyID string
 	res, _, err := s.executeUser(ctx, meta, cmd.TenantID, cmd.UserID, func(ctx context.Context, u *domain.UserTwoFactor, env domain.Env) ([]domain.Event, error) {
 		pending, ok := u.PendingKeyRegistration()
-		if !ok || !env.Now.Before(pending.ExpiresAt) {
-			// The domain says why (nothing pending, expired) before any crypto.
+		if !ok || !env.Now.Before(pending.ExpiresAt) || env.Policy.WebAuthn.RPID == "" {
+			// The domain says why (nothing pending, expired, no relying party
+			// any more) before any crypto.
 			return u.RegisterSecurityKey(env, domain.KeyRegistration{Challenge: pending.Challenge}, nil)
 		}
 		// Parsed once an answer is awaited: a user nobody has seen answers as
@@ -261,8 +262,7 @@ func (s *Service) FinishSecurityKeyRegistration(ctx context.Context, meta Meta, 
 		}
 		rp, err := relyingParty(env.Policy)
 		if err != nil {
-			// No relying party any more: the domain refuses the method.
-			return u.RegisterSecurityKey(env, domain.KeyRegistration{Challenge: pending.Challenge}, nil)
+			return nil, err
 		}
 		session := webauthn.SessionData{
 			Challenge: pending.Challenge, RelyingPartyID: env.Policy.WebAuthn.RPID, UserID: handle,
@@ -415,7 +415,7 @@ func (s *Service) VerifySecurityKey(ctx context.Context, meta Meta, cmd VerifySe
 	}
 	res, u, err := s.executeUser(ctx, meta, cmd.TenantID, cmd.UserID, func(ctx context.Context, u *domain.UserTwoFactor, env domain.Env) ([]domain.Event, error) {
 		pending, ok := u.PendingKeyChallenge()
-		if !ok || !env.Now.Before(pending.ExpiresAt) {
+		if !ok || !env.Now.Before(pending.ExpiresAt) || env.Policy.WebAuthn.RPID == "" {
 			return u.VerifySecurityKey(env, domain.KeyAssertion{Challenge: pending.Challenge})
 		}
 		// Parsed once an answer is awaited (see FinishSecurityKeyRegistration).
@@ -438,7 +438,7 @@ func (s *Service) VerifySecurityKey(ctx context.Context, meta Meta, cmd VerifySe
 		}
 		rp, err := relyingParty(env.Policy)
 		if err != nil {
-			return u.VerifySecurityKey(env, a)
+			return nil, err
 		}
 		handle, err := b64url.DecodeString(pending.UserHandle)
 		if err != nil {

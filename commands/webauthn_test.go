@@ -429,6 +429,29 @@ func TestSecurityKey_UserVerificationRequired(t *testing.T) {
 	}
 }
 
+// A tenant that withdraws its relying party stops security-key logins at once;
+// an answer in flight is refused without counting as a failure.
+func TestSecurityKey_RelyingPartyWithdrawn(t *testing.T) {
+	p := rpPolicy()
+	f := newFixture(t, p)
+	key := newKey(t, softkey.EdDSA, softkey.FormatNone)
+	registerKey(t, f, "alice", key, "k")
+	resp, err := key.Get(loginOptions(t, f, "alice"), rpOrigin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withdrawn := *p
+	withdrawn.WebAuthn = domain.WebAuthnPolicy{}
+	if _, err := f.Svc.ChangeTenantPolicy(ctx, admin, commands.ChangeTenantPolicy{TenantID: f.Tenant, Policy: withdrawn}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = verifyKey(f, "alice", resp)
+	wantErr(t, err, domain.KindForbidden, domain.CodeMethodDisabled)
+	if f.CountEvents("alice", "SecurityKeyAssertionFailed") != 0 {
+		t.Fatal("a withdrawn method counted a failure")
+	}
+}
+
 func TestSecurityKey_NotOfferedWithoutARelyingParty(t *testing.T) {
 	f := newFixture(t, nil)
 	_, err := f.Svc.StartSecurityKeyRegistration(ctx, as("alice"), commands.StartSecurityKeyRegistration{TenantID: f.Tenant, UserID: "alice"})
