@@ -44,18 +44,24 @@ func (a Actor) Validate() error {
 type Method string
 
 const (
-	MethodTOTP   Method = "totp"
-	MethodEmail  Method = "email"
-	MethodSMS    Method = "sms"
-	MethodBackup Method = "backup_code"
+	MethodTOTP  Method = "totp"
+	MethodEmail Method = "email"
+	MethodSMS   Method = "sms"
+	// MethodWebAuthn: security keys and passkeys; a user may register several.
+	MethodWebAuthn Method = "webauthn"
+	MethodBackup   Method = "backup_code"
 )
 
 // strength orders methods: an email inbox usually opens with the password alone,
 // so an email code never authorises touching a stronger method. A backup code is
-// the recovery path for a lost authenticator and counts as strong.
+// the recovery path for a lost authenticator and counts as strong. A security
+// key is phishing-resistant and the strongest class (NIST SP 800-63B), so it
+// satisfies every fresh verification; it shares the top rank with the app and
+// backup codes rather than outranking them, or a lost key would leave its owner
+// unable to change anything with the app or a recovery code.
 func (m Method) strength() int {
 	switch m {
-	case MethodTOTP, MethodBackup:
+	case MethodTOTP, MethodBackup, MethodWebAuthn:
 		return maxStrength
 	case MethodSMS:
 		return 2
@@ -70,10 +76,10 @@ const maxStrength = 3
 // ParseMethod accepts the enrolable methods.
 func ParseMethod(s string) (Method, error) {
 	switch m := Method(s); m {
-	case MethodTOTP, MethodEmail, MethodSMS:
+	case MethodTOTP, MethodEmail, MethodSMS, MethodWebAuthn:
 		return m, nil
 	}
-	return "", Invalid("invalid_method", "method must be totp, email or sms")
+	return "", Invalid("invalid_method", "method must be totp, email, sms or webauthn")
 }
 
 // ValidateIdentifier accepts the host product's ids: 1–200 bytes of printable,

@@ -106,4 +106,13 @@ const (
 	CodeSelfReset            = "self_reset_requires_superadmin"
 	CodeConcurrentChange     = "concurrent_modification"
 	CodeMethodAlreadyEnabled = "method_already_enrolled"
+
+	CodeNoPendingChallenge       = "no_pending_challenge"
+	CodeChallengeExpired         = "challenge_expired"
+	CodeSecurityKeyExists        = "security_key_already_registered"
+	CodeSecurityKeyNotFound      = "security_key_not_found"
+	CodeSecurityKeyCloned        = "security_key_possibly_cloned"
+	CodeTooManySecurityKeys      = "too_many_security_keys"
+	CodeUserVerificationRequired = "user_verification_required"
+	CodeInvalidSecurityKeyData   = "invalid_security_key_response"
 )

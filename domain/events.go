@@ -199,6 +199,79 @@ type ContactAddressSet struct {
 // UserForgotten: the user's data key was deleted; the stream is closed.
 type UserForgotten struct{}
 
+// Security keys (WebAuthn). A credential's id and public key are personal data:
+// they enter events only inside SealedCredential, sealed under the user's data
+// key, so forgetting the user erases them. Challenges are not secrets (the
+// browser sees them) and are stored as they are, base64url.
+
+// SecurityKeyRegistrationStarted: registration options were issued; the
+// challenge is valid until ExpiresAt and for one attestation.
+type SecurityKeyRegistrationStarted struct {
+	Challenge string `json:"challenge"`
+	// UserHandle is the user's WebAuthn user id: random, never the host's user id.
+	UserHandle       string    `json:"user_handle"`
+	UserVerification string    `json:"user_verification"`
+	ExpiresAt        time.Time `json:"expires_at"`
+}
+
+// SecurityKeyRegistered: an attestation answered the pending challenge.
+type SecurityKeyRegistered struct {
+	// KeyID is our name for the key (random), used by the API and in later events.
+	KeyID            string `json:"key_id"`
+	SealedName       string `json:"sealed_name"`
+	SealedCredential string `json:"sealed_credential"`
+	SignCount        uint32 `json:"sign_count"`
+	UserVerified     bool   `json:"user_verified"`
+	// AttestationFormat ("none", "packed", …) says what vouched for the key.
+	AttestationFormat string `json:"attestation_format"`
+}
+
+// SecurityKeyChallengeIssued: login options were issued for the user's keys.
+type SecurityKeyChallengeIssued struct {
+	Challenge        string    `json:"challenge"`
+	UserVerification string    `json:"user_verification"`
+	ExpiresAt        time.Time `json:"expires_at"`
+}
+
+// SecurityKeyUsed: an assertion answered the pending challenge; the login is verified.
+type SecurityKeyUsed struct {
+	KeyID        string `json:"key_id"`
+	SignCount    uint32 `json:"sign_count"`
+	UserVerified bool   `json:"user_verified"`
+}
+
+// Why an assertion failed (SecurityKeyAssertionFailed.Reason).
+// WARNING: durable values, stored in events.
+const (
+	AssertionInvalid         = "invalid_assertion"
+	AssertionUnknownKey      = "unknown_key"
+	AssertionUserNotVerified = "user_not_verified"
+)
+
+// SecurityKeyAssertionFailed: the assertion did not verify; the challenge is
+// spent and the failure counts towards a lockout like a wrong code.
+type SecurityKeyAssertionFailed struct {
+	KeyID               string `json:"key_id,omitempty"`
+	Reason              string `json:"reason"`
+	ConsecutiveFailures int    `json:"consecutive_failures"`
+}
+
+// SecurityKeyCloneSuspected: a valid signature came with a counter at or
+// below the stored one, which a genuine key never does: two copies of the key
+// may exist. Refused says whether the tenant refused the login for it.
+type SecurityKeyCloneSuspected struct {
+	KeyID         string `json:"key_id"`
+	StoredCount   uint32 `json:"stored_count"`
+	ReceivedCount uint32 `json:"received_count"`
+	Refused       bool   `json:"refused"`
+}
+
+// SecurityKeyRemoved: the key no longer logs in; Remaining keys are left.
+type SecurityKeyRemoved struct {
+	KeyID     string `json:"key_id"`
+	Remaining int    `json:"remaining"`
+}
+
 func (*TenantCreated) EventType() string               { return "TenantCreated" }
 func (*TenantPolicyChanged) EventType() string         { return "TenantPolicyChanged" }
 func (*TOTPEnrollmentStarted) EventType() string       { return "TOTPEnrollmentStarted" }
@@ -226,6 +299,15 @@ func (*TwoFactorRequirementChanged) EventType() string { return "TwoFactorRequir
 func (*TogglePermissionChanged) EventType() string     { return "TogglePermissionChanged" }
 func (*ContactAddressSet) EventType() string           { return "ContactAddressSet" }
 func (*UserForgotten) EventType() string               { return "UserForgotten" }
+func (*SecurityKeyRegistrationStarted) EventType() string {
+	return "SecurityKeyRegistrationStarted"
+}
+func (*SecurityKeyRegistered) EventType() string      { return "SecurityKeyRegistered" }
+func (*SecurityKeyChallengeIssued) EventType() string { return "SecurityKeyChallengeIssued" }
+func (*SecurityKeyUsed) EventType() string            { return "SecurityKeyUsed" }
+func (*SecurityKeyAssertionFailed) EventType() string { return "SecurityKeyAssertionFailed" }
+func (*SecurityKeyCloneSuspected) EventType() string  { return "SecurityKeyCloneSuspected" }
+func (*SecurityKeyRemoved) EventType() string         { return "SecurityKeyRemoved" }
 
 // NewEvent returns an empty event of a stored type name, for decoding. It runs
 // once per event read, so it looks the type up instead of building every event.
@@ -260,5 +342,7 @@ func AllEvents() []Event {
 		&TwoFactorDisabled{}, &TwoFactorReset{},
 		&TwoFactorRequirementChanged{}, &TogglePermissionChanged{},
 		&ContactAddressSet{}, &UserForgotten{},
+		&SecurityKeyRegistrationStarted{}, &SecurityKeyRegistered{}, &SecurityKeyChallengeIssued{},
+		&SecurityKeyUsed{}, &SecurityKeyAssertionFailed{}, &SecurityKeyCloneSuspected{}, &SecurityKeyRemoved{},
 	}
 }

@@ -66,6 +66,18 @@ func TestEventsRoundTripThroughJSON(t *testing.T) {
 		&TwoFactorLocked{Until: at, Lockout: 2},
 		&MethodSwitched{From: MethodTOTP, To: MethodEmail, SealedDestination: sealedEmail},
 		&TwoFactorDisabled{Reason: DisabledByRecoveryCode},
+		&TenantPolicyChanged{Policy: func() Policy {
+			p := DefaultPolicy()
+			p.WebAuthn = WebAuthnPolicy{RPID: "example.com", Origins: []string{"https://a.example.com"}, UserVerification: UserVerificationRequired, ChallengeTTL: time.Minute}
+			return p
+		}(), Previous: DefaultPolicy()},
+		&SecurityKeyRegistrationStarted{Challenge: "c", UserHandle: "h", UserVerification: UserVerificationPreferred, ExpiresAt: at},
+		&SecurityKeyRegistered{KeyID: "k", SealedName: "n", SealedCredential: "c", SignCount: 7, UserVerified: true, AttestationFormat: "packed"},
+		&SecurityKeyChallengeIssued{Challenge: "c", UserVerification: UserVerificationRequired, ExpiresAt: at},
+		&SecurityKeyUsed{KeyID: "k", SignCount: 8, UserVerified: true},
+		&SecurityKeyAssertionFailed{KeyID: "k", Reason: AssertionInvalid, ConsecutiveFailures: 2},
+		&SecurityKeyCloneSuspected{KeyID: "k", StoredCount: 8, ReceivedCount: 3, Refused: true},
+		&SecurityKeyRemoved{KeyID: "k", Remaining: 1},
 	} {
 		raw, err := json.Marshal(e)
 		if err != nil {
@@ -78,6 +90,28 @@ func TestEventsRoundTripThroughJSON(t *testing.T) {
 		if !reflect.DeepEqual(back, e) {
 			t.Errorf("%s: %s decoded to %+v", e.EventType(), raw, back)
 		}
+	}
+}
+
+// A policy stored before security keys existed has no relying party: the
+// method is not offered, and the policy still validates.
+func TestPolicyFromBeforeSecurityKeys(t *testing.T) {
+	raw, err := json.Marshal(DefaultPolicy())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(raw, &m); err != nil {
+		t.Fatal(err)
+	}
+	delete(m, "webauthn")
+	old, _ := json.Marshal(m)
+	var p Policy
+	if err := json.Unmarshal(old, &p); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Validate(); err != nil || p.methodAllowed(MethodWebAuthn) || p.WebAuthn.challengeTTL() != DefaultWebAuthnChallengeTTL || p.WebAuthn.RequiresUserVerification() {
+		t.Fatalf("old policy: %+v, %v", p.WebAuthn, err)
 	}
 }
 

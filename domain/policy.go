@@ -1,6 +1,8 @@
 package domain
 
 import (
+	"reflect"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -49,6 +51,11 @@ type Policy struct {
 	DisableBy               DisablePermission `json:"disable_by"`
 	DefaultCanToggle        bool              `json:"default_can_toggle"`
 	FreshVerificationWindow time.Duration     `json:"fresh_verification_window"`
+
+	// WebAuthn is the tenant's relying party. Policies stored before security
+	// keys existed decode with its zero value: no relying party, so the method
+	// is unavailable until an admin sets one.
+	WebAuthn WebAuthnPolicy `json:"webauthn"`
 }
 
 // DefaultPolicy is PRODUCT.md's table of defaults.
@@ -74,6 +81,10 @@ func DefaultPolicy() Policy {
 		DisableBy:               DisableByAdminsAndTogglers,
 		DefaultCanToggle:        true,
 		FreshVerificationWindow: 20 * time.Minute,
+		WebAuthn: WebAuthnPolicy{
+			UserVerification: UserVerificationPreferred,
+			ChallengeTTL:     DefaultWebAuthnChallengeTTL,
+		},
 	}
 }
 
@@ -126,7 +137,15 @@ func (p Policy) Validate() error {
 	case p.FreshVerificationWindow < time.Minute || p.FreshVerificationWindow > 24*time.Hour:
 		return bad("fresh_verification_window must be between 1 minute and 24 hours")
 	}
-	return nil
+	return p.WebAuthn.validate()
+}
+
+// equal compares policies; Policy holds a slice, so == does not compile.
+func (p Policy) equal(q Policy) bool {
+	a, b := p, q
+	a.WebAuthn.Origins, b.WebAuthn.Origins = nil, nil
+	// nil and empty origins are the same list.
+	return reflect.DeepEqual(a, b) && slices.Equal(p.WebAuthn.Origins, q.WebAuthn.Origins)
 }
 
 // lockoutFor returns how long the n-th lockout (1-based) lasts: doubling, capped.
@@ -148,6 +167,9 @@ func (p Policy) methodAllowed(m Method) bool {
 		return p.EmailOTPAllowed
 	case MethodSMS:
 		return p.SMSOTPAllowed
+	case MethodWebAuthn:
+		// Without a relying party no ceremony can be verified.
+		return p.WebAuthn.RPID != ""
 	}
 	return true
 }
@@ -218,7 +240,7 @@ func (t *TenantPolicy) ChangePolicy(actor Actor, policy Policy) ([]Event, error)
 	if policy.DisableBy != t.policy.DisableBy && actor.Kind == ActorAdmin {
 		return nil, Forbidden(CodeNotAllowed, "only a super admin changes who may disable 2FA")
 	}
-	if policy == t.policy {
+	if policy.equal(t.policy) {
 		return nil, Precondition(CodeNothingToChange, "policy unchanged")
 	}
 	return []Event{&TenantPolicyChanged{Policy: policy, Previous: t.policy}}, nil

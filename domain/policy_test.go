@@ -17,8 +17,9 @@ func TestDefaultPolicy_IsProductsTableAndValid(t *testing.T) {
 		EmailOTPAllowed: true, SMSOTPAllowed: true, OTPLength: 6, OTPLifetime: 10 * time.Minute, OTPResendCooldown: 60 * time.Second,
 		LockoutThreshold: 5, LockoutDuration: 15 * time.Minute, LockoutMaxDuration: 24 * time.Hour,
 		DisableBy: DisableByAdminsAndTogglers, DefaultCanToggle: true, FreshVerificationWindow: 20 * time.Minute,
+		WebAuthn: WebAuthnPolicy{UserVerification: UserVerificationPreferred, ChallengeTTL: 5 * time.Minute},
 	}
-	if p != want {
+	if !p.equal(want) {
 		t.Fatalf("DefaultPolicy() = %+v\nwant %+v", p, want)
 	}
 }
@@ -109,13 +110,13 @@ func TestTenantPolicy_Create(t *testing.T) {
 
 		wantNoError(t, err)
 		wantTypes(t, events, "TenantCreated")
-		if c := event[*TenantCreated](t, events, 0); c.Name != "Acme Hosting" || c.Policy != DefaultPolicy() {
+		if c := event[*TenantCreated](t, events, 0); c.Name != "Acme Hosting" || !c.Policy.equal(DefaultPolicy()) {
 			t.Fatalf("created = %+v", c)
 		}
 		for _, e := range events {
 			tp.Apply(e)
 		}
-		if !tp.Exists() || tp.Name() != "Acme Hosting" || tp.Policy() != DefaultPolicy() || tp.Version() != 1 {
+		if !tp.Exists() || tp.Name() != "Acme Hosting" || !tp.Policy().equal(DefaultPolicy()) || tp.Version() != 1 {
 			t.Fatalf("tenant = %+v", tp)
 		}
 
@@ -157,11 +158,11 @@ func TestTenantPolicy_ChangePolicy(t *testing.T) {
 
 		wantNoError(t, err)
 		wantTypes(t, events, "TenantPolicyChanged")
-		if c := event[*TenantPolicyChanged](t, events, 0); c.Policy != p || c.Previous != DefaultPolicy() {
+		if c := event[*TenantPolicyChanged](t, events, 0); !c.Policy.equal(p) || !c.Previous.equal(DefaultPolicy()) {
 			t.Fatalf("changed = %+v", c)
 		}
 		tp.Apply(events[0])
-		if tp.Policy() != p || tp.Version() != 2 {
+		if !tp.Policy().equal(p) || tp.Version() != 2 {
 			t.Fatalf("policy = %+v v%d", tp.Policy(), tp.Version())
 		}
 		events, err = tp.ChangePolicy(a, p)

@@ -45,6 +45,12 @@ type userState struct {
 	ContactAddresses map[Method]string `json:"contact_addresses,omitempty"`
 	BackupCodes      []backupCode      `json:"backup_codes,omitempty"`
 
+	SecurityKeys           []securityKey `json:"security_keys,omitempty"`
+	PendingKeyRegistration *keyCeremony  `json:"pending_key_registration,omitempty"`
+	KeyChallenge           *keyCeremony  `json:"key_challenge,omitempty"`
+	// WebAuthnUserHandle is kept across keys so that one user is one WebAuthn user.
+	WebAuthnUserHandle string `json:"webauthn_user_handle,omitempty"`
+
 	ConsecutiveFailures int       `json:"consecutive_failures,omitempty"`
 	Lockouts            int       `json:"lockouts,omitempty"`
 	LockedUntil         time.Time `json:"locked_until"`
@@ -150,6 +156,9 @@ func (u *UserTwoFactor) SealedContactAddress(m Method) (string, bool) {
 // Apply folds one event into the state. It never fails: events are facts.
 func (u *UserTwoFactor) Apply(e Event, at time.Time) {
 	u.version++
+	if u.applySecurityKey(e, at) {
+		return
+	}
 	switch e := e.(type) {
 	case *TOTPEnrollmentStarted:
 		u.st.PendingTOTP = &pendingTOTP{
@@ -237,6 +246,7 @@ func (u *UserTwoFactor) Apply(e Event, at time.Time) {
 			u.st.SwitchedFrom = e.From
 		default:
 			u.removeMethod(MethodTOTP)
+			u.removeMethod(MethodWebAuthn)
 			for m := range u.st.Contacts {
 				if m != e.To {
 					u.removeMethod(m)
@@ -325,6 +335,10 @@ func (u *UserTwoFactor) removeMethod(m Method) {
 	case MethodTOTP:
 		u.st.TOTP = nil
 		u.st.PendingTOTP = nil
+	case MethodWebAuthn:
+		u.st.SecurityKeys = nil
+		u.st.PendingKeyRegistration = nil
+		u.st.KeyChallenge = nil
 	default:
 		delete(u.st.Contacts, m)
 		delete(u.st.Challenges, m)
@@ -347,6 +361,9 @@ func (u *UserTwoFactor) wipe() {
 	u.st.Challenges = nil
 	u.st.Default = ""
 	u.st.BackupCodes = nil
+	u.st.SecurityKeys = nil
+	u.st.PendingKeyRegistration = nil
+	u.st.KeyChallenge = nil
 	u.st.SetupAppAtNextLogin = false
 	u.st.SwitchedFrom = ""
 }
@@ -356,6 +373,9 @@ func (u *UserTwoFactor) methods() []Method {
 	var out []Method
 	if u.st.TOTP != nil {
 		out = append(out, MethodTOTP)
+	}
+	if len(u.st.SecurityKeys) > 0 {
+		out = append(out, MethodWebAuthn)
 	}
 	for m := range u.st.Contacts {
 		out = append(out, m)
@@ -370,8 +390,11 @@ func (u *UserTwoFactor) methods() []Method {
 }
 
 func (u *UserTwoFactor) hasMethod(m Method) bool {
-	if m == MethodTOTP {
+	switch m {
+	case MethodTOTP:
 		return u.st.TOTP != nil
+	case MethodWebAuthn:
+		return len(u.st.SecurityKeys) > 0
 	}
 	_, ok := u.st.Contacts[m]
 	return ok
@@ -441,6 +464,8 @@ type Snapshot struct {
 	AttemptsRemaining   int       `json:"attempts_remaining"`
 	LastVerifiedAt      time.Time `json:"last_verified_at,omitempty"`
 	LastVerifiedMethod  Method    `json:"last_verified_method,omitempty"`
+	// SecurityKeys counts the registered security keys (the method "webauthn").
+	SecurityKeys int `json:"security_keys"`
 }
 
 // Snapshot derives the status at `now` under policy p.
@@ -461,6 +486,7 @@ func (u *UserTwoFactor) Snapshot(now time.Time, p Policy) Snapshot {
 		AttemptsRemaining:    u.attemptsRemaining(now, p),
 		LastVerifiedAt:       u.st.LastVerifiedAt,
 		LastVerifiedMethod:   u.st.LastVerifiedMethod,
+		SecurityKeys:         len(u.st.SecurityKeys),
 	}
 	if s.Methods == nil {
 		s.Methods = []Method{}
@@ -502,6 +528,9 @@ func (u *UserTwoFactor) pendingMethods(now time.Time) []Method {
 			out = append(out, m)
 		}
 	}
+	if r := u.st.PendingKeyRegistration; r != nil && now.Before(r.ExpiresAt) {
+		out = append(out, MethodWebAuthn)
+	}
 	return out
 }
 
@@ -526,7 +555,8 @@ func (u *UserTwoFactor) attemptsRemaining(now time.Time, p Policy) int {
 // rebuilt from the stream.
 //
 // 2: RequirementChangedBy (states of 1 lack it for an admin's waiver).
-const StateSchema = 2
+// 3: security keys, which a switch to email or SMS now removes too.
+const StateSchema = 3
 
 // SaveState serialises the aggregate's state for a snapshot (a cache: the stream
 // stays the truth).

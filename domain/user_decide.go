@@ -620,6 +620,10 @@ func (u *UserTwoFactor) SwitchMethod(env Env, to Method, sealedDestination strin
 	if _, err := ParseMethod(string(to)); err != nil {
 		return nil, err
 	}
+	if to == MethodWebAuthn {
+		// A key exists only once its owner registered it; nobody can switch to one.
+		return nil, Invalid("invalid_method", "security keys are registered by their owner, not switched to")
+	}
 	if env.Actor.actsOnSelf(u.userID) && !u.mayToggle(env.Policy) {
 		return nil, Forbidden(CodeNotAllowed, "this user cannot switch methods")
 	}

@@ -18,6 +18,7 @@ type UserStatus struct {
 	DefaultMethod        domain.Method   `json:"default_method,omitempty"`
 	PendingMethods       []domain.Method `json:"pending_methods"`
 	BackupCodesRemaining int             `json:"backup_codes_remaining"`
+	SecurityKeys         int             `json:"security_keys"`
 	Required             bool            `json:"required"`
 	// RequirementWaivedBy: "user" or "admin", who switched "use 2FA" off (absent when on or never set).
 	RequirementWaivedBy string        `json:"requirement_waived_by,omitempty"`
@@ -39,7 +40,7 @@ func StatusFromSnapshot(s domain.Snapshot) UserStatus {
 	u := UserStatus{
 		UserID: s.UserID, Status: s.Status, Enabled: s.Enabled, Methods: s.Methods,
 		DefaultMethod: s.DefaultMethod, PendingMethods: s.PendingMethods,
-		BackupCodesRemaining: s.BackupCodesRemaining, Required: s.Required, RequirementWaivedBy: s.RequirementWaivedBy,
+		BackupCodesRemaining: s.BackupCodesRemaining, SecurityKeys: s.SecurityKeys, Required: s.Required, RequirementWaivedBy: s.RequirementWaivedBy,
 		CanToggle:  s.CanToggle,
 		MustEnroll: s.MustEnroll, SetupAppAtNextLogin: s.SetupAppAtNextLogin,
 		LastVerifiedMethod: s.LastVerifiedMethod, Version: s.Version,

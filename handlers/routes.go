@@ -67,6 +67,8 @@ func (a *API) routes() {
 	u.POST("/reset", a.allow(admins...), gen.Reset)
 	u.DELETE("/lock", a.allow(admins...), gen.Unlock)
 
+	a.securityKeyRoutes(t, u, gen, all, admins)
+
 	au := t.Group("/audit", a.allow(auditors...))
 	au.GET("/events", gen.AuditFeed)
 	au.GET("/users/:user_id/events", gen.AuditHistory)

@@ -31,6 +31,8 @@ func statusView(u UserStatus) api.UserStatus {
 		AttemptsRemaining: u.AttemptsRemaining, LastVerifiedAt: u.LastVerifiedAt,
 		LastVerifiedMethod: optional[api.VerifyMethod](u.LastVerifiedMethod), Version: int(u.Version), UpdatedAt: u.UpdatedAt,
 	}
+	keys := u.SecurityKeys
+	v.SecurityKeys = &keys
 	if u.RequirementWaivedBy != "" {
 		by := api.UserStatusRequirementWaivedBy(u.RequirementWaivedBy)
 		v.RequirementWaivedBy = &by

@@ -371,6 +371,10 @@ func messageData(k Kind, rec *eventstore.Record, policy domain.Policy) msgData {
 		d.Remaining = e.Remaining
 	case *domain.TwoFactorLocked:
 		d.Until = formatTime(e.Until)
+	case *domain.SecurityKeyRemoved:
+		d.Remaining = e.Remaining
+	case *domain.SecurityKeyCloneSuspected:
+		d.Refused = e.Refused
 	}
 	return d
 }

@@ -44,6 +44,13 @@ const (
 	// KindRequirementWaived: the user switched "use 2FA" off for themself without
 	// disabling anything (at the enrolment prompt); a disable says it already.
 	KindRequirementWaived Kind = "requirement_waived"
+	// KindSecurityKeyAdded: a further security key was registered (the first
+	// one's message is "enabled", which names it).
+	KindSecurityKeyAdded Kind = "security_key_added"
+	// KindSecurityKeyRemoved: a security key no longer signs in.
+	KindSecurityKeyRemoved Kind = "security_key_removed"
+	// KindSecurityKeyCloned: a key's signature counter went back: it may have been copied.
+	KindSecurityKeyCloned Kind = "security_key_possibly_cloned"
 )
 
 // Kinds lists every kind, for templates, tests and tooling.
@@ -52,6 +59,7 @@ func Kinds() []Kind {
 		KindOTPCode, KindSetupCode, KindEnabled, KindDisabled, KindReset, KindMethodSwitched,
 		KindAuthenticatorReplaced, KindAppSetUp, KindBackupCodesRegenerated, KindBackupCodeUsed,
 		KindBackupCodesLow, KindLocked, KindCodeReplayed, KindRequirementWaived,
+		KindSecurityKeyAdded, KindSecurityKeyRemoved, KindSecurityKeyCloned,
 	}
 }
 
@@ -106,6 +114,18 @@ func (n *Notifier) reactions(ctx context.Context, rec *eventstore.Record) ([]Kin
 		if e.Replayed {
 			return []Kind{KindCodeReplayed}, nil
 		}
+	case *domain.SecurityKeyRegistered:
+		stream, err := n.store.Load(ctx, rec.StreamID)
+		if err != nil {
+			return nil, err
+		}
+		if at := indexOf(stream, rec.EventID); at < 0 || !enabledWith(stream, at) {
+			return []Kind{KindSecurityKeyAdded}, nil
+		}
+	case *domain.SecurityKeyRemoved:
+		return []Kind{KindSecurityKeyRemoved}, nil
+	case *domain.SecurityKeyCloneSuspected:
+		return []Kind{KindSecurityKeyCloned}, nil
 	case *domain.TwoFactorRequirementChanged:
 		if e.Required || !e.ByUser() {
 			return nil, nil
@@ -155,6 +175,17 @@ func indexOf(stream []*eventstore.Record, eventID string) int {
 func switchedOffWith(stream []*eventstore.Record, at int) bool {
 	for _, r := range stream {
 		if _, off := r.Event.(*domain.TwoFactorDisabled); off && r.TransactionID == stream[at].TransactionID {
+			return true
+		}
+	}
+	return false
+}
+
+// enabledWith: the command that recorded stream[at] also switched 2FA on,
+// whose message already names the new method.
+func enabledWith(stream []*eventstore.Record, at int) bool {
+	for _, r := range stream {
+		if _, on := r.Event.(*domain.TwoFactorEnabled); on && r.TransactionID == stream[at].TransactionID {
 			return true
 		}
 	}

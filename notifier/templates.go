@@ -159,6 +159,31 @@ var contents = map[Kind]content{
 		},
 		sms: `{{.Issuer}}: someone tried an already used authenticator code on your account. Not you? Change your password and contact {{.Contact}}.`,
 	},
+	KindSecurityKeyAdded: {
+		subject: `A security key was added`,
+		paragraphs: []string{
+			`A security key was added to your {{.Issuer}} account on {{.When}}. It can now be used as your second factor.`,
+			notYou,
+		},
+		sms: `{{.Issuer}}: a security key was added to your account. Not you? Contact {{.Contact}}.`,
+	},
+	KindSecurityKeyRemoved: {
+		subject: `A security key was removed`,
+		paragraphs: []string{
+			`{{if .ByAdmin}}An administrator removed{{else}}You removed{{end}} a security key from your {{.Issuer}} account on {{.When}}. It no longer signs you in{{if eq .Remaining 0}}; no security key is left on the account{{end}}.`,
+			`If you did not expect this, contact {{.Contact}} at once.`,
+		},
+		sms: `{{.Issuer}}: a security key was removed from your account. Not you? Contact {{.Contact}}.`,
+	},
+	KindSecurityKeyCloned: {
+		subject: `Your security key may have been copied`,
+		paragraphs: []string{
+			`On {{.When}}, a security key of your {{.Issuer}} account signed in with a signature counter lower than one it had shown before. A genuine key never does this, so a copy of the key may exist.` +
+				`{{if .Refused}} The sign-in was refused.{{else}} Your organisation's policy let the sign-in through.{{end}}`,
+			`Remove that security key from your account once you are signed in with another method, and contact {{.Contact}} at once.`,
+		},
+		sms: `{{.Issuer}}: one of your security keys may have been copied{{if .Refused}}; the sign-in was refused{{end}}. Remove it and contact {{.Contact}}.`,
+	},
 }
 
 const footer = `This is an automatic security message from {{.Issuer}}; it never contains a link to sign in. Questions: contact {{.Contact}}.`
@@ -198,6 +223,8 @@ type msgData struct {
 	Remaining   int
 	// SetupApp: a login code sent while the user is to set up the app after a switch.
 	SetupApp bool
+	// Refused: a possibly cloned key's sign-in was refused.
+	Refused bool
 }
 
 type templates struct {
@@ -338,6 +365,8 @@ func methodName(m domain.Method) string {
 		return "codes by email"
 	case domain.MethodSMS:
 		return "codes by text message"
+	case domain.MethodWebAuthn:
+		return "a security key"
 	}
 	return "your previous method"
 }

@@ -71,6 +71,8 @@ func (u *userEntry) apply(r *eventstore.Record) error {
 		u.setExpiry(domain.MethodTOTP, e.ExpiresAt)
 	case *domain.OTPMethodSetupStarted:
 		u.setExpiry(e.Method, e.ExpiresAt)
+	case *domain.SecurityKeyRegistrationStarted:
+		u.setExpiry(domain.MethodWebAuthn, e.ExpiresAt)
 	case *domain.UserForgotten:
 		u.forgotten = true
 	}
@@ -168,6 +170,7 @@ type userRow struct {
 	AttemptsRemaining    int
 	LastVerifiedAt       *time.Time
 	LastVerifiedMethod   domain.Method
+	SecurityKeys         int
 	Version, Position    int64
 	UpdatedAt            time.Time
 }
@@ -197,6 +200,7 @@ func deriveRow(u *userEntry, p domain.Policy) *userRow {
 		SetupAppAtNextLogin:  base.SetupAppAtNextLogin,
 		AttemptsRemaining:    base.AttemptsRemaining,
 		LastVerifiedMethod:   base.LastVerifiedMethod,
+		SecurityKeys:         base.SecurityKeys,
 		Version:              u.version,
 		Position:             u.position,
 		UpdatedAt:            u.eventAt,

@@ -29,6 +29,11 @@ func TestRowPolicyCoversWhatSnapshotReads(t *testing.T) {
 			&domain.BackupCodesGenerated{Hashes: hashes, Reason: domain.BackupReasonEnabled}, &domain.TwoFactorEnabled{Method: domain.MethodEmail},
 			&domain.OTPCheckFailed{Method: domain.MethodEmail, Purpose: domain.CheckLogin, ConsecutiveFailures: 1},
 			&domain.TwoFactorLocked{Until: at.Add(time.Hour), Lockout: 1}},
+		{&domain.SecurityKeyRegistrationStarted{Challenge: "c", UserHandle: "h", ExpiresAt: at.Add(time.Minute)},
+			&domain.SecurityKeyRegistered{KeyID: "k", SealedName: "n", SealedCredential: "c", SignCount: 3},
+			&domain.BackupCodesGenerated{Hashes: hashes, Reason: domain.BackupReasonEnabled}, &domain.TwoFactorEnabled{Method: domain.MethodWebAuthn},
+			&domain.SecurityKeyChallengeIssued{Challenge: "d", ExpiresAt: at.Add(time.Minute)},
+			&domain.SecurityKeyAssertionFailed{KeyID: "k", Reason: domain.AssertionInvalid, ConsecutiveFailures: 1}},
 	}
 	var entries []*userEntry
 	for i, h := range histories {
@@ -54,6 +59,11 @@ func TestRowPolicyCoversWhatSnapshotReads(t *testing.T) {
 			f.SetInt(f.Int()*3 + 7)
 		case reflect.String:
 			f.SetString(f.String() + "-changed")
+		case reflect.Struct: // the relying party: every field at once
+			f.Set(reflect.ValueOf(domain.WebAuthnPolicy{
+				RPID: "example.com", RPName: "Example", Origins: []string{"https://example.com"},
+				UserVerification: domain.UserVerificationRequired, AllowClonedKeys: true, ChallengeTTL: time.Minute,
+			}))
 		default:
 			t.Fatalf("policy field %s of kind %s: teach this test to change it", name, f.Kind())
 		}

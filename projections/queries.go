@@ -102,6 +102,8 @@ type UserStatus struct {
 	Position int64 `json:"position"`
 	// UpdatedAt is when the user's 2FA state last changed (their last event).
 	UpdatedAt time.Time `json:"updated_at"`
+	// SecurityKeys counts the user's registered security keys.
+	SecurityKeys int `json:"security_keys"`
 }
 
 // Snapshot returns the row as the domain's snapshot shape (what
@@ -114,6 +116,7 @@ func (s UserStatus) Snapshot() domain.Snapshot {
 		CanToggle:  s.CanToggle,
 		MustEnroll: s.MustEnroll, SetupAppAtNextLogin: s.SetupAppAtNextLogin, LockedUntil: s.LockedUntil,
 		AttemptsRemaining: s.AttemptsRemaining, LastVerifiedAt: s.LastVerifiedAt, LastVerifiedMethod: s.LastVerifiedMethod,
+		SecurityKeys: s.SecurityKeys,
 	}
 }
 
@@ -170,7 +173,7 @@ type Checkpoint struct {
 const userColumns = `tenant_id, user_id, status_base, enabled, methods, default_method, pending::text, pending_until,
 	backup_codes_remaining, low_backup_codes, required, can_toggle, must_enroll, setup_app_at_next_login,
 	locked_until, attempts_remaining, last_verified_at, last_verified_method, version, position, updated_at,
-	requirement_waived_by`
+	requirement_waived_by, security_keys`
 
 func (q *Queries) scanUser(row pgx.Row, now time.Time) (UserStatus, error) {
 	var s UserStatus
@@ -180,7 +183,7 @@ func (q *Queries) scanUser(row pgx.Row, now time.Time) (UserStatus, error) {
 	if err := row.Scan(&s.TenantID, &s.UserID, &base, &s.Enabled, &methods, &dflt, &pending, &pendingUntil,
 		&s.BackupCodesRemaining, &s.LowBackupCodes, &s.Required, &s.CanToggle, &s.MustEnroll, &s.SetupAppAtNextLogin,
 		&lockedUntil, &s.AttemptsRemaining, &lastVerified, &lastMethod, &s.Version, &s.Position, &s.UpdatedAt,
-		&s.RequirementWaivedBy); err != nil {
+		&s.RequirementWaivedBy, &s.SecurityKeys); err != nil {
 		return s, err
 	}
 	s.Status = statusAt(domain.Status(base), s.Enabled, lockedUntil, pendingUntil, now)

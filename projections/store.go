@@ -346,7 +346,7 @@ type rowColumns struct {
 	mustEnroll, setupApp                    []bool
 	pendingUntil, lockedUntil, lastVerified []*time.Time
 	updatedAt                               []time.Time
-	codes, attempts                         []int32
+	codes, attempts, keys                   []int32
 	version, position                       []int64
 }
 
@@ -374,12 +374,13 @@ func (c *rowColumns) add(r *userRow) {
 	c.version = append(c.version, r.Version)
 	c.position = append(c.position, r.Position)
 	c.updatedAt = append(c.updatedAt, r.UpdatedAt)
+	c.keys = append(c.keys, int32(r.SecurityKeys))
 }
 
 const statusColumns = `tenant_id, user_id, status_base, enabled, methods, default_method, pending, pending_until,
 	backup_codes_remaining, low_backup_codes, required, can_toggle, must_enroll, setup_app_at_next_login,
 	locked_until, attempts_remaining, last_verified_at, last_verified_method, version, position, updated_at,
-	requirement_waived_by`
+	requirement_waived_by, security_keys`
 
 func (c *rowColumns) upsertSQL(table string) string {
 	var set []string
@@ -390,11 +391,11 @@ func (c *rowColumns) upsertSQL(table string) string {
 		}
 	}
 	return `INSERT INTO ` + ident(table) + ` AS s (` + statusColumns + `)
-		SELECT t, u, b, en, string_to_array(m, ','), d, p::jsonb, pu, bc, low, req, ct, me, sa, lu, ar, lv, lm, v, pos, ua, wb
+		SELECT t, u, b, en, string_to_array(m, ','), d, p::jsonb, pu, bc, low, req, ct, me, sa, lu, ar, lv, lm, v, pos, ua, wb, sk
 		FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::text[], $7::text[], $8::timestamptz[],
 			$9::int[], $10::bool[], $11::bool[], $12::bool[], $13::bool[], $14::bool[], $15::timestamptz[], $16::int[],
-			$17::timestamptz[], $18::text[], $19::bigint[], $20::bigint[], $21::timestamptz[], $22::text[])
-			AS r(t, u, b, en, m, d, p, pu, bc, low, req, ct, me, sa, lu, ar, lv, lm, v, pos, ua, wb)
+			$17::timestamptz[], $18::text[], $19::bigint[], $20::bigint[], $21::timestamptz[], $22::text[], $23::int[])
+			AS r(t, u, b, en, m, d, p, pu, bc, low, req, ct, me, sa, lu, ar, lv, lm, v, pos, ua, wb, sk)
 		ON CONFLICT (tenant_id, user_id) DO UPDATE SET ` + strings.Join(set, ", ") + `
 		WHERE s.version <= excluded.version`
 }
@@ -402,7 +403,7 @@ func (c *rowColumns) upsertSQL(table string) string {
 func (c *rowColumns) args() []any {
 	return []any{c.tenant, c.user, c.base, c.enabled, c.methods, c.dflt, c.pending, c.pendingUntil,
 		c.codes, c.low, c.required, c.canToggle, c.mustEnroll, c.setupApp, c.lockedUntil, c.attempts,
-		c.lastVerified, c.lastMethod, c.version, c.position, c.updatedAt, c.waivedBy}
+		c.lastVerified, c.lastMethod, c.version, c.position, c.updatedAt, c.waivedBy, c.keys}
 }
 
 // copyRow is a row for COPY (rebuild), in statusColumns order.
@@ -410,7 +411,7 @@ func copyRow(r *userRow) []any {
 	return []any{r.TenantID, r.UserID, string(r.StatusBase), r.Enabled, methodStrings(r.Methods), string(r.DefaultMethod),
 		json.RawMessage(pendingJSON(r.Pending)), r.PendingUntil, int32(r.BackupCodesRemaining), r.LowBackupCodes, r.Required,
 		r.CanToggle, r.MustEnroll, r.SetupAppAtNextLogin, r.LockedUntil, int32(r.AttemptsRemaining), r.LastVerifiedAt,
-		string(r.LastVerifiedMethod), r.Version, r.Position, r.UpdatedAt, r.RequirementWaivedBy}
+		string(r.LastVerifiedMethod), r.Version, r.Position, r.UpdatedAt, r.RequirementWaivedBy, int32(r.SecurityKeys)}
 }
 
 func methodStrings(ms []domain.Method) []string {

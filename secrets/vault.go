@@ -30,6 +30,10 @@ const (
 	PurposeOTPCode    Purpose = "otp-code"
 	PurposeEmail      Purpose = "email-address"
 	PurposePhone      Purpose = "phone-number"
+	// A security key's credential (id, public key, flags) and the name its
+	// owner gave it: personal data, erased with the user's data key.
+	PurposeSecurityKey     Purpose = "security-key"
+	PurposeSecurityKeyName Purpose = "security-key-name"
 )
 
 var (

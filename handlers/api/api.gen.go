@@ -117,9 +117,10 @@ func (e HealthStatus) Valid() bool {
 
 // Defines values for Method.
 const (
-	MethodEmail Method = "email"
-	MethodSms   Method = "sms"
-	MethodTotp  Method = "totp"
+	MethodEmail    Method = "email"
+	MethodSms      Method = "sms"
+	MethodTotp     Method = "totp"
+	MethodWebauthn Method = "webauthn"
 )
 
 // Valid indicates whether the value is a known member of the Method enum.
@@ -130,6 +131,8 @@ func (e Method) Valid() bool {
 	case MethodSms:
 		return true
 	case MethodTotp:
+		return true
+	case MethodWebauthn:
 		return true
 	default:
 		return false
@@ -337,6 +340,21 @@ func (e Role) Valid() bool {
 	}
 }
 
+// Defines values for SecurityKeyVerificationMethod.
+const (
+	SecurityKeyVerificationMethodWebauthn SecurityKeyVerificationMethod = "webauthn"
+)
+
+// Valid indicates whether the value is a known member of the SecurityKeyVerificationMethod enum.
+func (e SecurityKeyVerificationMethod) Valid() bool {
+	switch e {
+	case SecurityKeyVerificationMethodWebauthn:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for Status.
 const (
 	StatusActivated           Status = "activated"
@@ -412,6 +430,7 @@ const (
 	VerifyMethodEmail      VerifyMethod = "email"
 	VerifyMethodSms        VerifyMethod = "sms"
 	VerifyMethodTotp       VerifyMethod = "totp"
+	VerifyMethodWebauthn   VerifyMethod = "webauthn"
 )
 
 // Valid indicates whether the value is a known member of the VerifyMethod enum.
@@ -424,6 +443,44 @@ func (e VerifyMethod) Valid() bool {
 	case VerifyMethodSms:
 		return true
 	case VerifyMethodTotp:
+		return true
+	case VerifyMethodWebauthn:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for WebAuthnPolicyUserVerification.
+const (
+	WebAuthnPolicyUserVerificationPreferred WebAuthnPolicyUserVerification = "preferred"
+	WebAuthnPolicyUserVerificationRequired  WebAuthnPolicyUserVerification = "required"
+)
+
+// Valid indicates whether the value is a known member of the WebAuthnPolicyUserVerification enum.
+func (e WebAuthnPolicyUserVerification) Valid() bool {
+	switch e {
+	case WebAuthnPolicyUserVerificationPreferred:
+		return true
+	case WebAuthnPolicyUserVerificationRequired:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for WebAuthnPolicyRequestUserVerification.
+const (
+	WebAuthnPolicyRequestUserVerificationPreferred WebAuthnPolicyRequestUserVerification = "preferred"
+	WebAuthnPolicyRequestUserVerificationRequired  WebAuthnPolicyRequestUserVerification = "required"
+)
+
+// Valid indicates whether the value is a known member of the WebAuthnPolicyRequestUserVerification enum.
+func (e WebAuthnPolicyRequestUserVerification) Valid() bool {
+	switch e {
+	case WebAuthnPolicyRequestUserVerificationPreferred:
+		return true
+	case WebAuthnPolicyRequestUserVerificationRequired:
 		return true
 	default:
 		return false
@@ -842,6 +899,77 @@ type RequirementResult struct {
 // Role defines model for Role.
 type Role string
 
+// SecurityKey defines model for SecurityKey.
+type SecurityKey struct {
+	// CloneSuspected Its signature counter once went back.
+	CloneSuspected bool       `json:"clone_suspected"`
+	KeyId          string     `json:"key_id"`
+	LastUsedAt     *time.Time `json:"last_used_at,omitempty"`
+	Name           string     `json:"name"`
+	RegisteredAt   time.Time  `json:"registered_at"`
+}
+
+// SecurityKeyAdded defines model for SecurityKeyAdded.
+type SecurityKeyAdded struct {
+	// BackupCodes Shown exactly once, when this key switched 2FA on.
+	BackupCodes *[]string `json:"backup_codes,omitempty"`
+	Enabled     bool      `json:"enabled"`
+	KeyId       string    `json:"key_id"`
+
+	// Position The log position of the last event written (0 when nothing was recorded); pass it as min_position.
+	Position Position `json:"position"`
+}
+
+// SecurityKeyAssertion defines model for SecurityKeyAssertion.
+type SecurityKeyAssertion struct {
+	// Credential The browser's PublicKeyCredential (an assertion) as JSON.
+	Credential json.RawMessage `json:"credential"`
+}
+
+// SecurityKeyList defines model for SecurityKeyList.
+type SecurityKeyList struct {
+	SecurityKeys []SecurityKey `json:"security_keys"`
+}
+
+// SecurityKeyOptions defines model for SecurityKeyOptions.
+type SecurityKeyOptions struct {
+	ExpiresAt time.Time `json:"expires_at"`
+
+	// Options WebAuthn options as JSON, `{"publicKey": {…}}`; binary members are base64url.
+	Options json.RawMessage `json:"options"`
+
+	// Position The log position of the last event written (0 when nothing was recorded); pass it as min_position.
+	Position Position `json:"position"`
+}
+
+// SecurityKeyRegistrationRequest defines model for SecurityKeyRegistrationRequest.
+type SecurityKeyRegistrationRequest struct {
+	// AccountName What the authenticator shows for the account (the user id when absent).
+	AccountName *string `json:"account_name,omitempty"`
+}
+
+// SecurityKeyRegistrationResponse defines model for SecurityKeyRegistrationResponse.
+type SecurityKeyRegistrationResponse struct {
+	// Credential The browser's PublicKeyCredential (an attestation) as JSON.
+	Credential json.RawMessage `json:"credential"`
+
+	// Name What the user calls the key.
+	Name string `json:"name"`
+}
+
+// SecurityKeyVerification defines model for SecurityKeyVerification.
+type SecurityKeyVerification struct {
+	BackupCodesRemaining int                           `json:"backup_codes_remaining"`
+	Method               SecurityKeyVerificationMethod `json:"method"`
+
+	// Position The log position of the last event written (0 when nothing was recorded); pass it as min_position.
+	Position Position `json:"position"`
+	Verified bool     `json:"verified"`
+}
+
+// SecurityKeyVerificationMethod defines model for SecurityKeyVerification.Method.
+type SecurityKeyVerificationMethod string
+
 // StartEnrollmentRequest defines model for StartEnrollmentRequest.
 type StartEnrollmentRequest struct {
 	// AccountName totp: shown under the issuer in the app
@@ -936,11 +1064,14 @@ type UserStatus struct {
 
 	// RequirementWaivedBy Who switched "use 2FA" off, while it is off (absent when it never was on).
 	RequirementWaivedBy *UserStatusRequirementWaivedBy `json:"requirement_waived_by,omitempty"`
-	SetupAppAtNextLogin bool                           `json:"setup_app_at_next_login"`
-	Status              Status                         `json:"status"`
-	UpdatedAt           *time.Time                     `json:"updated_at,omitempty"`
-	UserId              string                         `json:"user_id"`
-	Version             int                            `json:"version"`
+
+	// SecurityKeys How many security keys (the method webauthn) the user has.
+	SecurityKeys        *int       `json:"security_keys,omitempty"`
+	SetupAppAtNextLogin bool       `json:"setup_app_at_next_login"`
+	Status              Status     `json:"status"`
+	UpdatedAt           *time.Time `json:"updated_at,omitempty"`
+	UserId              string     `json:"user_id"`
+	Version             int        `json:"version"`
 }
 
 // UserStatusRequirementWaivedBy Who switched "use 2FA" off, while it is off (absent when it never was on).
@@ -966,6 +1097,45 @@ type VerifyMethod string
 type VerifyRequest struct {
 	Code   string       `json:"code"`
 	Method VerifyMethod `json:"method"`
+}
+
+// WebAuthnPolicy defines model for WebAuthnPolicy.
+type WebAuthnPolicy struct {
+	// AllowClonedKeys Let a login with a possibly cloned key through (it is reported either way).
+	AllowClonedKeys     bool     `json:"allow_cloned_keys"`
+	ChallengeTtlSeconds int      `json:"challenge_ttl_seconds"`
+	Origins             []string `json:"origins"`
+	RpId                string   `json:"rp_id"`
+
+	// RpName What authenticators show; the issuer name when empty.
+	RpName           string                         `json:"rp_name"`
+	UserVerification WebAuthnPolicyUserVerification `json:"user_verification"`
+}
+
+// WebAuthnPolicyUserVerification defines model for WebAuthnPolicy.UserVerification.
+type WebAuthnPolicyUserVerification string
+
+// WebAuthnPolicyRequest defines model for WebAuthnPolicyRequest.
+type WebAuthnPolicyRequest struct {
+	AllowClonedKeys     *bool                                  `json:"allow_cloned_keys,omitempty"`
+	ChallengeTtlSeconds *int                                   `json:"challenge_ttl_seconds,omitempty"`
+	Origins             []string                               `json:"origins"`
+	Reason              *string                                `json:"reason,omitempty"`
+	RpId                string                                 `json:"rp_id"`
+	RpName              *string                                `json:"rp_name,omitempty"`
+	UserVerification    *WebAuthnPolicyRequestUserVerification `json:"user_verification,omitempty"`
+}
+
+// WebAuthnPolicyRequestUserVerification defines model for WebAuthnPolicyRequest.UserVerification.
+type WebAuthnPolicyRequestUserVerification string
+
+// WebAuthnPolicyResult defines model for WebAuthnPolicyResult.
+type WebAuthnPolicyResult struct {
+	Changed bool `json:"changed"`
+
+	// Position The log position of the last event written (0 when nothing was recorded); pass it as min_position.
+	Position Position       `json:"position"`
+	Webauthn WebAuthnPolicy `json:"webauthn"`
 }
 
 // Written defines model for Written.
@@ -1169,6 +1339,15 @@ type PatchPolicyParams struct {
 	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
 
+// PutWebAuthnPolicyParams defines parameters for PutWebAuthnPolicy.
+type PutWebAuthnPolicyParams struct {
+	// XActor Who acts: required for admin, superadmin and auditor keys (`admin:bob`); app keys act as the user in the path. kind:id, the id with no spaces or control characters.
+	XActor *XActor `json:"X-Actor,omitempty"`
+
+	// IdempotencyKey A retry with the same key and request returns the first response and changes nothing (kept 24 h). Printable ASCII without spaces.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
 // ListUsersParams defines parameters for ListUsers.
 type ListUsersParams struct {
 	// Status The status at the time of the query. Not `erased`: an erased user is forgotten, its row deleted, and is never listed (400).
@@ -1316,6 +1495,57 @@ type ResetParams struct {
 	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
 
+// ListSecurityKeysParams defines parameters for ListSecurityKeys.
+type ListSecurityKeysParams struct {
+	// XActor Who acts: required for admin, superadmin and auditor keys (`admin:bob`); app keys act as the user in the path. kind:id, the id with no spaces or control characters.
+	XActor *XActor `json:"X-Actor,omitempty"`
+}
+
+// FinishSecurityKeyRegistrationParams defines parameters for FinishSecurityKeyRegistration.
+type FinishSecurityKeyRegistrationParams struct {
+	// XActor Who acts: required for admin, superadmin and auditor keys (`admin:bob`); app keys act as the user in the path. kind:id, the id with no spaces or control characters.
+	XActor *XActor `json:"X-Actor,omitempty"`
+
+	// IdempotencyKey A retry with the same key and request returns the first response and changes nothing (kept 24 h). Printable ASCII without spaces.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// StartSecurityKeyLoginParams defines parameters for StartSecurityKeyLogin.
+type StartSecurityKeyLoginParams struct {
+	// XActor Who acts: required for admin, superadmin and auditor keys (`admin:bob`); app keys act as the user in the path. kind:id, the id with no spaces or control characters.
+	XActor *XActor `json:"X-Actor,omitempty"`
+
+	// IdempotencyKey A retry with the same key and request returns the first response and changes nothing (kept 24 h). Printable ASCII without spaces.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// StartSecurityKeyRegistrationParams defines parameters for StartSecurityKeyRegistration.
+type StartSecurityKeyRegistrationParams struct {
+	// XActor Who acts: required for admin, superadmin and auditor keys (`admin:bob`); app keys act as the user in the path. kind:id, the id with no spaces or control characters.
+	XActor *XActor `json:"X-Actor,omitempty"`
+
+	// IdempotencyKey A retry with the same key and request returns the first response and changes nothing (kept 24 h). Printable ASCII without spaces.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// VerifySecurityKeyParams defines parameters for VerifySecurityKey.
+type VerifySecurityKeyParams struct {
+	// XActor Who acts: required for admin, superadmin and auditor keys (`admin:bob`); app keys act as the user in the path. kind:id, the id with no spaces or control characters.
+	XActor *XActor `json:"X-Actor,omitempty"`
+
+	// IdempotencyKey A retry with the same key and request returns the first response and changes nothing (kept 24 h). Printable ASCII without spaces.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// RemoveSecurityKeyParams defines parameters for RemoveSecurityKey.
+type RemoveSecurityKeyParams struct {
+	// XActor Who acts: required for admin, superadmin and auditor keys (`admin:bob`); app keys act as the user in the path. kind:id, the id with no spaces or control characters.
+	XActor *XActor `json:"X-Actor,omitempty"`
+
+	// IdempotencyKey A retry with the same key and request returns the first response and changes nothing (kept 24 h). Printable ASCII without spaces.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
 // SetTogglePermissionParams defines parameters for SetTogglePermission.
 type SetTogglePermissionParams struct {
 	// XActor Who acts: required for admin, superadmin and auditor keys (`admin:bob`); app keys act as the user in the path. kind:id, the id with no spaces or control characters.
@@ -1364,6 +1594,9 @@ type PatchPolicyJSONRequestBody = PolicyPatch
 // PatchPolicyApplicationMergePatchPlusJSONRequestBody defines body for PatchPolicy for application/merge-patch+json ContentType.
 type PatchPolicyApplicationMergePatchPlusJSONRequestBody = PolicyPatch
 
+// PutWebAuthnPolicyJSONRequestBody defines body for PutWebAuthnPolicy for application/json ContentType.
+type PutWebAuthnPolicyJSONRequestBody = WebAuthnPolicyRequest
+
 // ForgetUserJSONRequestBody defines body for ForgetUser for application/json ContentType.
 type ForgetUserJSONRequestBody = ReasonRequest
 
@@ -1399,6 +1632,21 @@ type SetRequirementJSONRequestBody = RequirementRequest
 
 // ResetJSONRequestBody defines body for Reset for application/json ContentType.
 type ResetJSONRequestBody = ReasonRequest
+
+// FinishSecurityKeyRegistrationJSONRequestBody defines body for FinishSecurityKeyRegistration for application/json ContentType.
+type FinishSecurityKeyRegistrationJSONRequestBody = SecurityKeyRegistrationResponse
+
+// StartSecurityKeyLoginJSONRequestBody defines body for StartSecurityKeyLogin for application/json ContentType.
+type StartSecurityKeyLoginJSONRequestBody = Empty
+
+// StartSecurityKeyRegistrationJSONRequestBody defines body for StartSecurityKeyRegistration for application/json ContentType.
+type StartSecurityKeyRegistrationJSONRequestBody = SecurityKeyRegistrationRequest
+
+// VerifySecurityKeyJSONRequestBody defines body for VerifySecurityKey for application/json ContentType.
+type VerifySecurityKeyJSONRequestBody = SecurityKeyAssertion
+
+// RemoveSecurityKeyJSONRequestBody defines body for RemoveSecurityKey for application/json ContentType.
+type RemoveSecurityKeyJSONRequestBody = ReasonRequest
 
 // SetTogglePermissionJSONRequestBody defines body for SetTogglePermission for application/json ContentType.
 type SetTogglePermissionJSONRequestBody = ToggleRequest
@@ -1527,6 +1775,12 @@ type ServerInterface interface {
 	// PatchPolicy Change the fields named in the body (admins; who may disable 2FA only super admins).
 	// (PATCH /v1/policy)
 	PatchPolicy(c *gin.Context, params PatchPolicyParams)
+	// GetWebAuthnPolicy The tenant's relying party and security-key rules (every role).
+	// (GET /v1/policy/webauthn)
+	GetWebAuthnPolicy(c *gin.Context)
+	// PutWebAuthnPolicy Set the relying party and the security-key rules (admins).
+	// (PUT /v1/policy/webauthn)
+	PutWebAuthnPolicy(c *gin.Context, params PutWebAuthnPolicyParams)
 	// ListUsers List the tenant's users with their 2FA status (admins, auditors), from the read model.
 	// (GET /v1/users)
 	ListUsers(c *gin.Context, params ListUsersParams)
@@ -1569,6 +1823,24 @@ type ServerInterface interface {
 	// Reset Wipe the user's 2FA setup; they enrol again at the next login (admins; an admin's own reset needs a super admin).
 	// (POST /v1/users/{user_id}/reset)
 	Reset(c *gin.Context, userId UserID, params ResetParams)
+	// ListSecurityKeys The user's security keys with their names (never their credentials).
+	// (GET /v1/users/{user_id}/security-keys)
+	ListSecurityKeys(c *gin.Context, userId UserID, params ListSecurityKeysParams)
+	// FinishSecurityKeyRegistration Add the key that answered the registration options; the first method of an account switches 2FA on and returns backup codes once.
+	// (POST /v1/users/{user_id}/security-keys)
+	FinishSecurityKeyRegistration(c *gin.Context, userId UserID, params FinishSecurityKeyRegistrationParams)
+	// StartSecurityKeyLogin Login options for the user's security keys, for navigator.credentials.get().
+	// (POST /v1/users/{user_id}/security-keys/challenge)
+	StartSecurityKeyLogin(c *gin.Context, userId UserID, params StartSecurityKeyLoginParams)
+	// StartSecurityKeyRegistration Start registering a security key or passkey; returns the options for navigator.credentials.create().
+	// (POST /v1/users/{user_id}/security-keys/registration)
+	StartSecurityKeyRegistration(c *gin.Context, userId UserID, params StartSecurityKeyRegistrationParams)
+	// VerifySecurityKey Verify the assertion that answered the login options.
+	// (POST /v1/users/{user_id}/security-keys/verification)
+	VerifySecurityKey(c *gin.Context, userId UserID, params VerifySecurityKeyParams)
+	// RemoveSecurityKey Remove one security key (fresh verification for the user; an email code alone never does; the last method goes with disabling).
+	// (DELETE /v1/users/{user_id}/security-keys/{key_id})
+	RemoveSecurityKey(c *gin.Context, userId UserID, keyId string, params RemoveSecurityKeyParams)
 	// SetTogglePermission Grant or withdraw "can toggle 2FA" (admins).
 	// (PUT /v1/users/{user_id}/toggle-permission)
 	SetTogglePermission(c *gin.Context, userId UserID, params SetTogglePermissionParams)
@@ -2380,6 +2652,78 @@ func (siw *ServerInterfaceWrapper) PatchPolicy(c *gin.Context) {
 	}
 
 	siw.Handler.PatchPolicy(c, params)
+}
+
+// GetWebAuthnPolicy operation middleware
+func (siw *ServerInterfaceWrapper) GetWebAuthnPolicy(c *gin.Context) {
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		middleware(c)
+		if c.IsAborted() {
+			return
+		}
+	}
+
+	siw.Handler.GetWebAuthnPolicy(c)
+}
+
+// PutWebAuthnPolicy operation middleware
+func (siw *ServerInterfaceWrapper) PutWebAuthnPolicy(c *gin.Context) {
+
+	var err error
+	_ = err
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params PutWebAuthnPolicyParams
+
+	headers := c.Request.Header
+
+	// ------------- Optional header parameter "X-Actor" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("X-Actor")]; found {
+		var XActor XActor
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandler(c, fmt.Errorf("Expected one value for X-Actor, got %d", n), http.StatusBadRequest)
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "X-Actor", valueList[0], &XActor, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandler(c, fmt.Errorf("Invalid format for parameter X-Actor: %w", err), http.StatusBadRequest)
+			return
+		}
+
+		params.XActor = &XActor
+
+	}
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandler(c, fmt.Errorf("Expected one value for Idempotency-Key, got %d", n), http.StatusBadRequest)
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandler(c, fmt.Errorf("Invalid format for parameter Idempotency-Key: %w", err), http.StatusBadRequest)
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		middleware(c)
+		if c.IsAborted() {
+			return
+		}
+	}
+
+	siw.Handler.PutWebAuthnPolicy(c, params)
 }
 
 // ListUsers operation middleware
@@ -3386,6 +3730,404 @@ func (siw *ServerInterfaceWrapper) Reset(c *gin.Context) {
 	siw.Handler.Reset(c, userId, params)
 }
 
+// ListSecurityKeys operation middleware
+func (siw *ServerInterfaceWrapper) ListSecurityKeys(c *gin.Context) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "user_id" -------------
+	var userId UserID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "user_id", c.Param("user_id"), &userId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: true})
+	if err != nil {
+		siw.ErrorHandler(c, fmt.Errorf("Invalid format for parameter user_id: %w", err), http.StatusBadRequest)
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params ListSecurityKeysParams
+
+	headers := c.Request.Header
+
+	// ------------- Optional header parameter "X-Actor" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("X-Actor")]; found {
+		var XActor XActor
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandler(c, fmt.Errorf("Expected one value for X-Actor, got %d", n), http.StatusBadRequest)
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "X-Actor", valueList[0], &XActor, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandler(c, fmt.Errorf("Invalid format for parameter X-Actor: %w", err), http.StatusBadRequest)
+			return
+		}
+
+		params.XActor = &XActor
+
+	}
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		middleware(c)
+		if c.IsAborted() {
+			return
+		}
+	}
+
+	siw.Handler.ListSecurityKeys(c, userId, params)
+}
+
+// FinishSecurityKeyRegistration operation middleware
+func (siw *ServerInterfaceWrapper) FinishSecurityKeyRegistration(c *gin.Context) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "user_id" -------------
+	var userId UserID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "user_id", c.Param("user_id"), &userId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: true})
+	if err != nil {
+		siw.ErrorHandler(c, fmt.Errorf("Invalid format for parameter user_id: %w", err), http.StatusBadRequest)
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params FinishSecurityKeyRegistrationParams
+
+	headers := c.Request.Header
+
+	// ------------- Optional header parameter "X-Actor" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("X-Actor")]; found {
+		var XActor XActor
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandler(c, fmt.Errorf("Expected one value for X-Actor, got %d", n), http.StatusBadRequest)
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "X-Actor", valueList[0], &XActor, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandler(c, fmt.Errorf("Invalid format for parameter X-Actor: %w", err), http.StatusBadRequest)
+			return
+		}
+
+		params.XActor = &XActor
+
+	}
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandler(c, fmt.Errorf("Expected one value for Idempotency-Key, got %d", n), http.StatusBadRequest)
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandler(c, fmt.Errorf("Invalid format for parameter Idempotency-Key: %w", err), http.StatusBadRequest)
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		middleware(c)
+		if c.IsAborted() {
+			return
+		}
+	}
+
+	siw.Handler.FinishSecurityKeyRegistration(c, userId, params)
+}
+
+// StartSecurityKeyLogin operation middleware
+func (siw *ServerInterfaceWrapper) StartSecurityKeyLogin(c *gin.Context) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "user_id" -------------
+	var userId UserID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "user_id", c.Param("user_id"), &userId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: true})
+	if err != nil {
+		siw.ErrorHandler(c, fmt.Errorf("Invalid format for parameter user_id: %w", err), http.StatusBadRequest)
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params StartSecurityKeyLoginParams
+
+	headers := c.Request.Header
+
+	// ------------- Optional header parameter "X-Actor" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("X-Actor")]; found {
+		var XActor XActor
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandler(c, fmt.Errorf("Expected one value for X-Actor, got %d", n), http.StatusBadRequest)
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "X-Actor", valueList[0], &XActor, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandler(c, fmt.Errorf("Invalid format for parameter X-Actor: %w", err), http.StatusBadRequest)
+			return
+		}
+
+		params.XActor = &XActor
+
+	}
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandler(c, fmt.Errorf("Expected one value for Idempotency-Key, got %d", n), http.StatusBadRequest)
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandler(c, fmt.Errorf("Invalid format for parameter Idempotency-Key: %w", err), http.StatusBadRequest)
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		middleware(c)
+		if c.IsAborted() {
+			return
+		}
+	}
+
+	siw.Handler.StartSecurityKeyLogin(c, userId, params)
+}
+
+// StartSecurityKeyRegistration operation middleware
+func (siw *ServerInterfaceWrapper) StartSecurityKeyRegistration(c *gin.Context) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "user_id" -------------
+	var userId UserID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "user_id", c.Param("user_id"), &userId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: true})
+	if err != nil {
+		siw.ErrorHandler(c, fmt.Errorf("Invalid format for parameter user_id: %w", err), http.StatusBadRequest)
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params StartSecurityKeyRegistrationParams
+
+	headers := c.Request.Header
+
+	// ------------- Optional header parameter "X-Actor" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("X-Actor")]; found {
+		var XActor XActor
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandler(c, fmt.Errorf("Expected one value for X-Actor, got %d", n), http.StatusBadRequest)
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "X-Actor", valueList[0], &XActor, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandler(c, fmt.Errorf("Invalid format for parameter X-Actor: %w", err), http.StatusBadRequest)
+			return
+		}
+
+		params.XActor = &XActor
+
+	}
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandler(c, fmt.Errorf("Expected one value for Idempotency-Key, got %d", n), http.StatusBadRequest)
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandler(c, fmt.Errorf("Invalid format for parameter Idempotency-Key: %w", err), http.StatusBadRequest)
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		middleware(c)
+		if c.IsAborted() {
+			return
+		}
+	}
+
+	siw.Handler.StartSecurityKeyRegistration(c, userId, params)
+}
+
+// VerifySecurityKey operation middleware
+func (siw *ServerInterfaceWrapper) VerifySecurityKey(c *gin.Context) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "user_id" -------------
+	var userId UserID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "user_id", c.Param("user_id"), &userId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: true})
+	if err != nil {
+		siw.ErrorHandler(c, fmt.Errorf("Invalid format for parameter user_id: %w", err), http.StatusBadRequest)
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params VerifySecurityKeyParams
+
+	headers := c.Request.Header
+
+	// ------------- Optional header parameter "X-Actor" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("X-Actor")]; found {
+		var XActor XActor
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandler(c, fmt.Errorf("Expected one value for X-Actor, got %d", n), http.StatusBadRequest)
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "X-Actor", valueList[0], &XActor, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandler(c, fmt.Errorf("Invalid format for parameter X-Actor: %w", err), http.StatusBadRequest)
+			return
+		}
+
+		params.XActor = &XActor
+
+	}
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandler(c, fmt.Errorf("Expected one value for Idempotency-Key, got %d", n), http.StatusBadRequest)
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandler(c, fmt.Errorf("Invalid format for parameter Idempotency-Key: %w", err), http.StatusBadRequest)
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		middleware(c)
+		if c.IsAborted() {
+			return
+		}
+	}
+
+	siw.Handler.VerifySecurityKey(c, userId, params)
+}
+
+// RemoveSecurityKey operation middleware
+func (siw *ServerInterfaceWrapper) RemoveSecurityKey(c *gin.Context) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "user_id" -------------
+	var userId UserID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "user_id", c.Param("user_id"), &userId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: true})
+	if err != nil {
+		siw.ErrorHandler(c, fmt.Errorf("Invalid format for parameter user_id: %w", err), http.StatusBadRequest)
+		return
+	}
+
+	// ------------- Path parameter "key_id" -------------
+	var keyId string
+
+	err = runtime.BindStyledParameterWithOptions("simple", "key_id", c.Param("key_id"), &keyId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: true})
+	if err != nil {
+		siw.ErrorHandler(c, fmt.Errorf("Invalid format for parameter key_id: %w", err), http.StatusBadRequest)
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params RemoveSecurityKeyParams
+
+	headers := c.Request.Header
+
+	// ------------- Optional header parameter "X-Actor" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("X-Actor")]; found {
+		var XActor XActor
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandler(c, fmt.Errorf("Expected one value for X-Actor, got %d", n), http.StatusBadRequest)
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "X-Actor", valueList[0], &XActor, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandler(c, fmt.Errorf("Invalid format for parameter X-Actor: %w", err), http.StatusBadRequest)
+			return
+		}
+
+		params.XActor = &XActor
+
+	}
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandler(c, fmt.Errorf("Expected one value for Idempotency-Key, got %d", n), http.StatusBadRequest)
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandler(c, fmt.Errorf("Invalid format for parameter Idempotency-Key: %w", err), http.StatusBadRequest)
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		middleware(c)
+		if c.IsAborted() {
+			return
+		}
+	}
+
+	siw.Handler.RemoveSecurityKey(c, userId, keyId, params)
+}
+
 // SetTogglePermission operation middleware
 func (siw *ServerInterfaceWrapper) SetTogglePermission(c *gin.Context) {
 
@@ -3652,6 +4394,14 @@ func RegisterHandlersWithOptions(router gin.IRouter, si ServerInterface, options
 	router.GET(options.BaseURL+"/v1/audit/users/:user_id/events", wrapper.AuditHistory)
 	router.GET(options.BaseURL+"/v1/audit/users/:user_id/state", wrapper.AuditStateAt)
 	router.GET(options.BaseURL+"/v1/audit/verification", wrapper.AuditVerify)
+	router.POST(options.BaseURL+"/v1/users/:user_id/security-keys/registration", wrapper.StartSecurityKeyRegistration)
+	router.GET(options.BaseURL+"/v1/users/:user_id/security-keys", wrapper.ListSecurityKeys)
+	router.POST(options.BaseURL+"/v1/users/:user_id/security-keys", wrapper.FinishSecurityKeyRegistration)
+	router.DELETE(options.BaseURL+"/v1/users/:user_id/security-keys/:key_id", wrapper.RemoveSecurityKey)
+	router.POST(options.BaseURL+"/v1/users/:user_id/security-keys/challenge", wrapper.StartSecurityKeyLogin)
+	router.POST(options.BaseURL+"/v1/users/:user_id/security-keys/verification", wrapper.VerifySecurityKey)
+	router.GET(options.BaseURL+"/v1/policy/webauthn", wrapper.GetWebAuthnPolicy)
+	router.PUT(options.BaseURL+"/v1/policy/webauthn", wrapper.PutWebAuthnPolicy)
 }
 
 type BadRequestApplicationProblemPlusJSONResponse Problem
@@ -6099,6 +6849,356 @@ type PatchPolicy503ApplicationProblemPlusJSONResponse struct {
 }
 
 func (response PatchPolicy503ApplicationProblemPlusJSONResponse) VisitPatchPolicyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
+	w.WriteHeader(503)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetWebAuthnPolicyRequestObject struct {
+}
+
+type GetWebAuthnPolicyResponseObject interface {
+	VisitGetWebAuthnPolicyResponse(w http.ResponseWriter) error
+}
+
+type GetWebAuthnPolicy200JSONResponse WebAuthnPolicy
+
+func (response GetWebAuthnPolicy200JSONResponse) VisitGetWebAuthnPolicyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetWebAuthnPolicy400ApplicationProblemPlusJSONResponse struct {
+	BadRequestApplicationProblemPlusJSONResponse
+}
+
+func (response GetWebAuthnPolicy400ApplicationProblemPlusJSONResponse) VisitGetWebAuthnPolicyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetWebAuthnPolicy401ApplicationProblemPlusJSONResponse struct {
+	UnauthorizedApplicationProblemPlusJSONResponse
+}
+
+func (response GetWebAuthnPolicy401ApplicationProblemPlusJSONResponse) VisitGetWebAuthnPolicyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.WWWAuthenticate != nil {
+		w.Header().Set("WWW-Authenticate", fmt.Sprint(*response.Headers.WWWAuthenticate))
+	}
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetWebAuthnPolicy403ApplicationProblemPlusJSONResponse struct {
+	ForbiddenApplicationProblemPlusJSONResponse
+}
+
+func (response GetWebAuthnPolicy403ApplicationProblemPlusJSONResponse) VisitGetWebAuthnPolicyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetWebAuthnPolicy404ApplicationProblemPlusJSONResponse struct {
+	NotFoundApplicationProblemPlusJSONResponse
+}
+
+func (response GetWebAuthnPolicy404ApplicationProblemPlusJSONResponse) VisitGetWebAuthnPolicyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetWebAuthnPolicy429ApplicationProblemPlusJSONResponse struct {
+	TooManyRequestsApplicationProblemPlusJSONResponse
+}
+
+func (response GetWebAuthnPolicy429ApplicationProblemPlusJSONResponse) VisitGetWebAuthnPolicyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
+	w.WriteHeader(429)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetWebAuthnPolicy500ApplicationProblemPlusJSONResponse struct {
+	InternalErrorApplicationProblemPlusJSONResponse
+}
+
+func (response GetWebAuthnPolicy500ApplicationProblemPlusJSONResponse) VisitGetWebAuthnPolicyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetWebAuthnPolicy503ApplicationProblemPlusJSONResponse struct {
+	UnavailableApplicationProblemPlusJSONResponse
+}
+
+func (response GetWebAuthnPolicy503ApplicationProblemPlusJSONResponse) VisitGetWebAuthnPolicyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
+	w.WriteHeader(503)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PutWebAuthnPolicyRequestObject struct {
+	Params PutWebAuthnPolicyParams
+	Body   *PutWebAuthnPolicyJSONRequestBody
+}
+
+type PutWebAuthnPolicyResponseObject interface {
+	VisitPutWebAuthnPolicyResponse(w http.ResponseWriter) error
+}
+
+type PutWebAuthnPolicy200JSONResponse WebAuthnPolicyResult
+
+func (response PutWebAuthnPolicy200JSONResponse) VisitPutWebAuthnPolicyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PutWebAuthnPolicy400ApplicationProblemPlusJSONResponse struct {
+	BadRequestApplicationProblemPlusJSONResponse
+}
+
+func (response PutWebAuthnPolicy400ApplicationProblemPlusJSONResponse) VisitPutWebAuthnPolicyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PutWebAuthnPolicy401ApplicationProblemPlusJSONResponse struct {
+	UnauthorizedApplicationProblemPlusJSONResponse
+}
+
+func (response PutWebAuthnPolicy401ApplicationProblemPlusJSONResponse) VisitPutWebAuthnPolicyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.WWWAuthenticate != nil {
+		w.Header().Set("WWW-Authenticate", fmt.Sprint(*response.Headers.WWWAuthenticate))
+	}
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PutWebAuthnPolicy403ApplicationProblemPlusJSONResponse struct {
+	ForbiddenApplicationProblemPlusJSONResponse
+}
+
+func (response PutWebAuthnPolicy403ApplicationProblemPlusJSONResponse) VisitPutWebAuthnPolicyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PutWebAuthnPolicy404ApplicationProblemPlusJSONResponse struct {
+	NotFoundApplicationProblemPlusJSONResponse
+}
+
+func (response PutWebAuthnPolicy404ApplicationProblemPlusJSONResponse) VisitPutWebAuthnPolicyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PutWebAuthnPolicy409ApplicationProblemPlusJSONResponse struct {
+	ConflictApplicationProblemPlusJSONResponse
+}
+
+func (response PutWebAuthnPolicy409ApplicationProblemPlusJSONResponse) VisitPutWebAuthnPolicyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PutWebAuthnPolicy413ApplicationProblemPlusJSONResponse struct {
+	TooLargeApplicationProblemPlusJSONResponse
+}
+
+func (response PutWebAuthnPolicy413ApplicationProblemPlusJSONResponse) VisitPutWebAuthnPolicyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(413)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PutWebAuthnPolicy415ApplicationProblemPlusJSONResponse struct {
+	UnsupportedMediaTypeApplicationProblemPlusJSONResponse
+}
+
+func (response PutWebAuthnPolicy415ApplicationProblemPlusJSONResponse) VisitPutWebAuthnPolicyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(415)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PutWebAuthnPolicy422ApplicationProblemPlusJSONResponse struct {
+	UnprocessableApplicationProblemPlusJSONResponse
+}
+
+func (response PutWebAuthnPolicy422ApplicationProblemPlusJSONResponse) VisitPutWebAuthnPolicyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(422)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PutWebAuthnPolicy429ApplicationProblemPlusJSONResponse struct {
+	TooManyRequestsApplicationProblemPlusJSONResponse
+}
+
+func (response PutWebAuthnPolicy429ApplicationProblemPlusJSONResponse) VisitPutWebAuthnPolicyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
+	w.WriteHeader(429)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PutWebAuthnPolicy500ApplicationProblemPlusJSONResponse struct {
+	InternalErrorApplicationProblemPlusJSONResponse
+}
+
+func (response PutWebAuthnPolicy500ApplicationProblemPlusJSONResponse) VisitPutWebAuthnPolicyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PutWebAuthnPolicy503ApplicationProblemPlusJSONResponse struct {
+	UnavailableApplicationProblemPlusJSONResponse
+}
+
+func (response PutWebAuthnPolicy503ApplicationProblemPlusJSONResponse) VisitPutWebAuthnPolicyResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
@@ -8949,6 +10049,1234 @@ func (response Reset503ApplicationProblemPlusJSONResponse) VisitResetResponse(w 
 	return err
 }
 
+type ListSecurityKeysRequestObject struct {
+	UserId UserID `json:"user_id"`
+	Params ListSecurityKeysParams
+}
+
+type ListSecurityKeysResponseObject interface {
+	VisitListSecurityKeysResponse(w http.ResponseWriter) error
+}
+
+type ListSecurityKeys200JSONResponse SecurityKeyList
+
+func (response ListSecurityKeys200JSONResponse) VisitListSecurityKeysResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListSecurityKeys400ApplicationProblemPlusJSONResponse struct {
+	BadRequestApplicationProblemPlusJSONResponse
+}
+
+func (response ListSecurityKeys400ApplicationProblemPlusJSONResponse) VisitListSecurityKeysResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListSecurityKeys401ApplicationProblemPlusJSONResponse struct {
+	UnauthorizedApplicationProblemPlusJSONResponse
+}
+
+func (response ListSecurityKeys401ApplicationProblemPlusJSONResponse) VisitListSecurityKeysResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.WWWAuthenticate != nil {
+		w.Header().Set("WWW-Authenticate", fmt.Sprint(*response.Headers.WWWAuthenticate))
+	}
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListSecurityKeys403ApplicationProblemPlusJSONResponse struct {
+	ForbiddenApplicationProblemPlusJSONResponse
+}
+
+func (response ListSecurityKeys403ApplicationProblemPlusJSONResponse) VisitListSecurityKeysResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListSecurityKeys404ApplicationProblemPlusJSONResponse struct {
+	NotFoundApplicationProblemPlusJSONResponse
+}
+
+func (response ListSecurityKeys404ApplicationProblemPlusJSONResponse) VisitListSecurityKeysResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListSecurityKeys429ApplicationProblemPlusJSONResponse struct {
+	TooManyRequestsApplicationProblemPlusJSONResponse
+}
+
+func (response ListSecurityKeys429ApplicationProblemPlusJSONResponse) VisitListSecurityKeysResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
+	w.WriteHeader(429)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListSecurityKeys500ApplicationProblemPlusJSONResponse struct {
+	InternalErrorApplicationProblemPlusJSONResponse
+}
+
+func (response ListSecurityKeys500ApplicationProblemPlusJSONResponse) VisitListSecurityKeysResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListSecurityKeys503ApplicationProblemPlusJSONResponse struct {
+	UnavailableApplicationProblemPlusJSONResponse
+}
+
+func (response ListSecurityKeys503ApplicationProblemPlusJSONResponse) VisitListSecurityKeysResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
+	w.WriteHeader(503)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type FinishSecurityKeyRegistrationRequestObject struct {
+	UserId UserID `json:"user_id"`
+	Params FinishSecurityKeyRegistrationParams
+	Body   *FinishSecurityKeyRegistrationJSONRequestBody
+}
+
+type FinishSecurityKeyRegistrationResponseObject interface {
+	VisitFinishSecurityKeyRegistrationResponse(w http.ResponseWriter) error
+}
+
+type FinishSecurityKeyRegistration201JSONResponse SecurityKeyAdded
+
+func (response FinishSecurityKeyRegistration201JSONResponse) VisitFinishSecurityKeyRegistrationResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(201)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type FinishSecurityKeyRegistration400ApplicationProblemPlusJSONResponse struct {
+	BadRequestApplicationProblemPlusJSONResponse
+}
+
+func (response FinishSecurityKeyRegistration400ApplicationProblemPlusJSONResponse) VisitFinishSecurityKeyRegistrationResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type FinishSecurityKeyRegistration401ApplicationProblemPlusJSONResponse struct {
+	UnauthorizedApplicationProblemPlusJSONResponse
+}
+
+func (response FinishSecurityKeyRegistration401ApplicationProblemPlusJSONResponse) VisitFinishSecurityKeyRegistrationResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.WWWAuthenticate != nil {
+		w.Header().Set("WWW-Authenticate", fmt.Sprint(*response.Headers.WWWAuthenticate))
+	}
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type FinishSecurityKeyRegistration403ApplicationProblemPlusJSONResponse struct {
+	ForbiddenApplicationProblemPlusJSONResponse
+}
+
+func (response FinishSecurityKeyRegistration403ApplicationProblemPlusJSONResponse) VisitFinishSecurityKeyRegistrationResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type FinishSecurityKeyRegistration404ApplicationProblemPlusJSONResponse struct {
+	NotFoundApplicationProblemPlusJSONResponse
+}
+
+func (response FinishSecurityKeyRegistration404ApplicationProblemPlusJSONResponse) VisitFinishSecurityKeyRegistrationResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type FinishSecurityKeyRegistration409ApplicationProblemPlusJSONResponse struct {
+	ConflictApplicationProblemPlusJSONResponse
+}
+
+func (response FinishSecurityKeyRegistration409ApplicationProblemPlusJSONResponse) VisitFinishSecurityKeyRegistrationResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type FinishSecurityKeyRegistration413ApplicationProblemPlusJSONResponse struct {
+	TooLargeApplicationProblemPlusJSONResponse
+}
+
+func (response FinishSecurityKeyRegistration413ApplicationProblemPlusJSONResponse) VisitFinishSecurityKeyRegistrationResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(413)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type FinishSecurityKeyRegistration415ApplicationProblemPlusJSONResponse struct {
+	UnsupportedMediaTypeApplicationProblemPlusJSONResponse
+}
+
+func (response FinishSecurityKeyRegistration415ApplicationProblemPlusJSONResponse) VisitFinishSecurityKeyRegistrationResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(415)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type FinishSecurityKeyRegistration422ApplicationProblemPlusJSONResponse struct {
+	UnprocessableApplicationProblemPlusJSONResponse
+}
+
+func (response FinishSecurityKeyRegistration422ApplicationProblemPlusJSONResponse) VisitFinishSecurityKeyRegistrationResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(422)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type FinishSecurityKeyRegistration429ApplicationProblemPlusJSONResponse struct {
+	TooManyRequestsApplicationProblemPlusJSONResponse
+}
+
+func (response FinishSecurityKeyRegistration429ApplicationProblemPlusJSONResponse) VisitFinishSecurityKeyRegistrationResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
+	w.WriteHeader(429)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type FinishSecurityKeyRegistration500ApplicationProblemPlusJSONResponse struct {
+	InternalErrorApplicationProblemPlusJSONResponse
+}
+
+func (response FinishSecurityKeyRegistration500ApplicationProblemPlusJSONResponse) VisitFinishSecurityKeyRegistrationResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type FinishSecurityKeyRegistration503ApplicationProblemPlusJSONResponse struct {
+	UnavailableApplicationProblemPlusJSONResponse
+}
+
+func (response FinishSecurityKeyRegistration503ApplicationProblemPlusJSONResponse) VisitFinishSecurityKeyRegistrationResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
+	w.WriteHeader(503)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartSecurityKeyLoginRequestObject struct {
+	UserId UserID `json:"user_id"`
+	Params StartSecurityKeyLoginParams
+	Body   *StartSecurityKeyLoginJSONRequestBody
+}
+
+type StartSecurityKeyLoginResponseObject interface {
+	VisitStartSecurityKeyLoginResponse(w http.ResponseWriter) error
+}
+
+type StartSecurityKeyLogin200JSONResponse SecurityKeyOptions
+
+func (response StartSecurityKeyLogin200JSONResponse) VisitStartSecurityKeyLoginResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartSecurityKeyLogin400ApplicationProblemPlusJSONResponse struct {
+	BadRequestApplicationProblemPlusJSONResponse
+}
+
+func (response StartSecurityKeyLogin400ApplicationProblemPlusJSONResponse) VisitStartSecurityKeyLoginResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartSecurityKeyLogin401ApplicationProblemPlusJSONResponse struct {
+	UnauthorizedApplicationProblemPlusJSONResponse
+}
+
+func (response StartSecurityKeyLogin401ApplicationProblemPlusJSONResponse) VisitStartSecurityKeyLoginResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.WWWAuthenticate != nil {
+		w.Header().Set("WWW-Authenticate", fmt.Sprint(*response.Headers.WWWAuthenticate))
+	}
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartSecurityKeyLogin403ApplicationProblemPlusJSONResponse struct {
+	ForbiddenApplicationProblemPlusJSONResponse
+}
+
+func (response StartSecurityKeyLogin403ApplicationProblemPlusJSONResponse) VisitStartSecurityKeyLoginResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartSecurityKeyLogin404ApplicationProblemPlusJSONResponse struct {
+	NotFoundApplicationProblemPlusJSONResponse
+}
+
+func (response StartSecurityKeyLogin404ApplicationProblemPlusJSONResponse) VisitStartSecurityKeyLoginResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartSecurityKeyLogin409ApplicationProblemPlusJSONResponse struct {
+	ConflictApplicationProblemPlusJSONResponse
+}
+
+func (response StartSecurityKeyLogin409ApplicationProblemPlusJSONResponse) VisitStartSecurityKeyLoginResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartSecurityKeyLogin413ApplicationProblemPlusJSONResponse struct {
+	TooLargeApplicationProblemPlusJSONResponse
+}
+
+func (response StartSecurityKeyLogin413ApplicationProblemPlusJSONResponse) VisitStartSecurityKeyLoginResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(413)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartSecurityKeyLogin415ApplicationProblemPlusJSONResponse struct {
+	UnsupportedMediaTypeApplicationProblemPlusJSONResponse
+}
+
+func (response StartSecurityKeyLogin415ApplicationProblemPlusJSONResponse) VisitStartSecurityKeyLoginResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(415)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartSecurityKeyLogin422ApplicationProblemPlusJSONResponse struct {
+	UnprocessableApplicationProblemPlusJSONResponse
+}
+
+func (response StartSecurityKeyLogin422ApplicationProblemPlusJSONResponse) VisitStartSecurityKeyLoginResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(422)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartSecurityKeyLogin423ApplicationProblemPlusJSONResponse struct {
+	LockedApplicationProblemPlusJSONResponse
+}
+
+func (response StartSecurityKeyLogin423ApplicationProblemPlusJSONResponse) VisitStartSecurityKeyLoginResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
+	w.WriteHeader(423)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartSecurityKeyLogin429ApplicationProblemPlusJSONResponse struct {
+	TooManyRequestsApplicationProblemPlusJSONResponse
+}
+
+func (response StartSecurityKeyLogin429ApplicationProblemPlusJSONResponse) VisitStartSecurityKeyLoginResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
+	w.WriteHeader(429)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartSecurityKeyLogin500ApplicationProblemPlusJSONResponse struct {
+	InternalErrorApplicationProblemPlusJSONResponse
+}
+
+func (response StartSecurityKeyLogin500ApplicationProblemPlusJSONResponse) VisitStartSecurityKeyLoginResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartSecurityKeyLogin503ApplicationProblemPlusJSONResponse struct {
+	UnavailableApplicationProblemPlusJSONResponse
+}
+
+func (response StartSecurityKeyLogin503ApplicationProblemPlusJSONResponse) VisitStartSecurityKeyLoginResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
+	w.WriteHeader(503)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartSecurityKeyRegistrationRequestObject struct {
+	UserId UserID `json:"user_id"`
+	Params StartSecurityKeyRegistrationParams
+	Body   *StartSecurityKeyRegistrationJSONRequestBody
+}
+
+type StartSecurityKeyRegistrationResponseObject interface {
+	VisitStartSecurityKeyRegistrationResponse(w http.ResponseWriter) error
+}
+
+type StartSecurityKeyRegistration201JSONResponse SecurityKeyOptions
+
+func (response StartSecurityKeyRegistration201JSONResponse) VisitStartSecurityKeyRegistrationResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(201)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartSecurityKeyRegistration400ApplicationProblemPlusJSONResponse struct {
+	BadRequestApplicationProblemPlusJSONResponse
+}
+
+func (response StartSecurityKeyRegistration400ApplicationProblemPlusJSONResponse) VisitStartSecurityKeyRegistrationResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartSecurityKeyRegistration401ApplicationProblemPlusJSONResponse struct {
+	UnauthorizedApplicationProblemPlusJSONResponse
+}
+
+func (response StartSecurityKeyRegistration401ApplicationProblemPlusJSONResponse) VisitStartSecurityKeyRegistrationResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.WWWAuthenticate != nil {
+		w.Header().Set("WWW-Authenticate", fmt.Sprint(*response.Headers.WWWAuthenticate))
+	}
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartSecurityKeyRegistration403ApplicationProblemPlusJSONResponse struct {
+	ForbiddenApplicationProblemPlusJSONResponse
+}
+
+func (response StartSecurityKeyRegistration403ApplicationProblemPlusJSONResponse) VisitStartSecurityKeyRegistrationResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartSecurityKeyRegistration404ApplicationProblemPlusJSONResponse struct {
+	NotFoundApplicationProblemPlusJSONResponse
+}
+
+func (response StartSecurityKeyRegistration404ApplicationProblemPlusJSONResponse) VisitStartSecurityKeyRegistrationResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartSecurityKeyRegistration409ApplicationProblemPlusJSONResponse struct {
+	ConflictApplicationProblemPlusJSONResponse
+}
+
+func (response StartSecurityKeyRegistration409ApplicationProblemPlusJSONResponse) VisitStartSecurityKeyRegistrationResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartSecurityKeyRegistration413ApplicationProblemPlusJSONResponse struct {
+	TooLargeApplicationProblemPlusJSONResponse
+}
+
+func (response StartSecurityKeyRegistration413ApplicationProblemPlusJSONResponse) VisitStartSecurityKeyRegistrationResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(413)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartSecurityKeyRegistration415ApplicationProblemPlusJSONResponse struct {
+	UnsupportedMediaTypeApplicationProblemPlusJSONResponse
+}
+
+func (response StartSecurityKeyRegistration415ApplicationProblemPlusJSONResponse) VisitStartSecurityKeyRegistrationResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(415)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartSecurityKeyRegistration422ApplicationProblemPlusJSONResponse struct {
+	UnprocessableApplicationProblemPlusJSONResponse
+}
+
+func (response StartSecurityKeyRegistration422ApplicationProblemPlusJSONResponse) VisitStartSecurityKeyRegistrationResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(422)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartSecurityKeyRegistration429ApplicationProblemPlusJSONResponse struct {
+	TooManyRequestsApplicationProblemPlusJSONResponse
+}
+
+func (response StartSecurityKeyRegistration429ApplicationProblemPlusJSONResponse) VisitStartSecurityKeyRegistrationResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
+	w.WriteHeader(429)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartSecurityKeyRegistration500ApplicationProblemPlusJSONResponse struct {
+	InternalErrorApplicationProblemPlusJSONResponse
+}
+
+func (response StartSecurityKeyRegistration500ApplicationProblemPlusJSONResponse) VisitStartSecurityKeyRegistrationResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartSecurityKeyRegistration503ApplicationProblemPlusJSONResponse struct {
+	UnavailableApplicationProblemPlusJSONResponse
+}
+
+func (response StartSecurityKeyRegistration503ApplicationProblemPlusJSONResponse) VisitStartSecurityKeyRegistrationResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
+	w.WriteHeader(503)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type VerifySecurityKeyRequestObject struct {
+	UserId UserID `json:"user_id"`
+	Params VerifySecurityKeyParams
+	Body   *VerifySecurityKeyJSONRequestBody
+}
+
+type VerifySecurityKeyResponseObject interface {
+	VisitVerifySecurityKeyResponse(w http.ResponseWriter) error
+}
+
+type VerifySecurityKey200JSONResponse SecurityKeyVerification
+
+func (response VerifySecurityKey200JSONResponse) VisitVerifySecurityKeyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type VerifySecurityKey400ApplicationProblemPlusJSONResponse struct {
+	BadRequestApplicationProblemPlusJSONResponse
+}
+
+func (response VerifySecurityKey400ApplicationProblemPlusJSONResponse) VisitVerifySecurityKeyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type VerifySecurityKey401ApplicationProblemPlusJSONResponse struct {
+	UnauthorizedApplicationProblemPlusJSONResponse
+}
+
+func (response VerifySecurityKey401ApplicationProblemPlusJSONResponse) VisitVerifySecurityKeyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.WWWAuthenticate != nil {
+		w.Header().Set("WWW-Authenticate", fmt.Sprint(*response.Headers.WWWAuthenticate))
+	}
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type VerifySecurityKey403ApplicationProblemPlusJSONResponse struct {
+	ForbiddenApplicationProblemPlusJSONResponse
+}
+
+func (response VerifySecurityKey403ApplicationProblemPlusJSONResponse) VisitVerifySecurityKeyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type VerifySecurityKey404ApplicationProblemPlusJSONResponse struct {
+	NotFoundApplicationProblemPlusJSONResponse
+}
+
+func (response VerifySecurityKey404ApplicationProblemPlusJSONResponse) VisitVerifySecurityKeyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type VerifySecurityKey409ApplicationProblemPlusJSONResponse struct {
+	ConflictApplicationProblemPlusJSONResponse
+}
+
+func (response VerifySecurityKey409ApplicationProblemPlusJSONResponse) VisitVerifySecurityKeyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type VerifySecurityKey413ApplicationProblemPlusJSONResponse struct {
+	TooLargeApplicationProblemPlusJSONResponse
+}
+
+func (response VerifySecurityKey413ApplicationProblemPlusJSONResponse) VisitVerifySecurityKeyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(413)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type VerifySecurityKey415ApplicationProblemPlusJSONResponse struct {
+	UnsupportedMediaTypeApplicationProblemPlusJSONResponse
+}
+
+func (response VerifySecurityKey415ApplicationProblemPlusJSONResponse) VisitVerifySecurityKeyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(415)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type VerifySecurityKey422ApplicationProblemPlusJSONResponse struct {
+	UnprocessableApplicationProblemPlusJSONResponse
+}
+
+func (response VerifySecurityKey422ApplicationProblemPlusJSONResponse) VisitVerifySecurityKeyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(422)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type VerifySecurityKey423ApplicationProblemPlusJSONResponse struct {
+	LockedApplicationProblemPlusJSONResponse
+}
+
+func (response VerifySecurityKey423ApplicationProblemPlusJSONResponse) VisitVerifySecurityKeyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
+	w.WriteHeader(423)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type VerifySecurityKey429ApplicationProblemPlusJSONResponse struct {
+	TooManyRequestsApplicationProblemPlusJSONResponse
+}
+
+func (response VerifySecurityKey429ApplicationProblemPlusJSONResponse) VisitVerifySecurityKeyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
+	w.WriteHeader(429)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type VerifySecurityKey500ApplicationProblemPlusJSONResponse struct {
+	InternalErrorApplicationProblemPlusJSONResponse
+}
+
+func (response VerifySecurityKey500ApplicationProblemPlusJSONResponse) VisitVerifySecurityKeyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type VerifySecurityKey503ApplicationProblemPlusJSONResponse struct {
+	UnavailableApplicationProblemPlusJSONResponse
+}
+
+func (response VerifySecurityKey503ApplicationProblemPlusJSONResponse) VisitVerifySecurityKeyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
+	w.WriteHeader(503)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RemoveSecurityKeyRequestObject struct {
+	UserId UserID `json:"user_id"`
+	KeyId  string `json:"key_id"`
+	Params RemoveSecurityKeyParams
+	Body   *RemoveSecurityKeyJSONRequestBody
+}
+
+type RemoveSecurityKeyResponseObject interface {
+	VisitRemoveSecurityKeyResponse(w http.ResponseWriter) error
+}
+
+type RemoveSecurityKey200JSONResponse struct{ RecordedJSONResponse }
+
+func (response RemoveSecurityKey200JSONResponse) VisitRemoveSecurityKeyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RemoveSecurityKey400ApplicationProblemPlusJSONResponse struct {
+	BadRequestApplicationProblemPlusJSONResponse
+}
+
+func (response RemoveSecurityKey400ApplicationProblemPlusJSONResponse) VisitRemoveSecurityKeyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RemoveSecurityKey401ApplicationProblemPlusJSONResponse struct {
+	UnauthorizedApplicationProblemPlusJSONResponse
+}
+
+func (response RemoveSecurityKey401ApplicationProblemPlusJSONResponse) VisitRemoveSecurityKeyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.WWWAuthenticate != nil {
+		w.Header().Set("WWW-Authenticate", fmt.Sprint(*response.Headers.WWWAuthenticate))
+	}
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RemoveSecurityKey403ApplicationProblemPlusJSONResponse struct {
+	ForbiddenApplicationProblemPlusJSONResponse
+}
+
+func (response RemoveSecurityKey403ApplicationProblemPlusJSONResponse) VisitRemoveSecurityKeyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RemoveSecurityKey404ApplicationProblemPlusJSONResponse struct {
+	NotFoundApplicationProblemPlusJSONResponse
+}
+
+func (response RemoveSecurityKey404ApplicationProblemPlusJSONResponse) VisitRemoveSecurityKeyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RemoveSecurityKey409ApplicationProblemPlusJSONResponse struct {
+	ConflictApplicationProblemPlusJSONResponse
+}
+
+func (response RemoveSecurityKey409ApplicationProblemPlusJSONResponse) VisitRemoveSecurityKeyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RemoveSecurityKey413ApplicationProblemPlusJSONResponse struct {
+	TooLargeApplicationProblemPlusJSONResponse
+}
+
+func (response RemoveSecurityKey413ApplicationProblemPlusJSONResponse) VisitRemoveSecurityKeyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(413)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RemoveSecurityKey415ApplicationProblemPlusJSONResponse struct {
+	UnsupportedMediaTypeApplicationProblemPlusJSONResponse
+}
+
+func (response RemoveSecurityKey415ApplicationProblemPlusJSONResponse) VisitRemoveSecurityKeyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(415)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RemoveSecurityKey422ApplicationProblemPlusJSONResponse struct {
+	UnprocessableApplicationProblemPlusJSONResponse
+}
+
+func (response RemoveSecurityKey422ApplicationProblemPlusJSONResponse) VisitRemoveSecurityKeyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(422)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RemoveSecurityKey429ApplicationProblemPlusJSONResponse struct {
+	TooManyRequestsApplicationProblemPlusJSONResponse
+}
+
+func (response RemoveSecurityKey429ApplicationProblemPlusJSONResponse) VisitRemoveSecurityKeyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
+	w.WriteHeader(429)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RemoveSecurityKey500ApplicationProblemPlusJSONResponse struct {
+	InternalErrorApplicationProblemPlusJSONResponse
+}
+
+func (response RemoveSecurityKey500ApplicationProblemPlusJSONResponse) VisitRemoveSecurityKeyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RemoveSecurityKey503ApplicationProblemPlusJSONResponse struct {
+	UnavailableApplicationProblemPlusJSONResponse
+}
+
+func (response RemoveSecurityKey503ApplicationProblemPlusJSONResponse) VisitRemoveSecurityKeyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
+	w.WriteHeader(503)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type SetTogglePermissionRequestObject struct {
 	UserId UserID `json:"user_id"`
 	Params SetTogglePermissionParams
@@ -9651,6 +11979,12 @@ type StrictServerInterface interface {
 	// PatchPolicy Change the fields named in the body (admins; who may disable 2FA only super admins).
 	// (PATCH /v1/policy)
 	PatchPolicy(ctx context.Context, request PatchPolicyRequestObject) (PatchPolicyResponseObject, error)
+	// GetWebAuthnPolicy The tenant's relying party and security-key rules (every role).
+	// (GET /v1/policy/webauthn)
+	GetWebAuthnPolicy(ctx context.Context, request GetWebAuthnPolicyRequestObject) (GetWebAuthnPolicyResponseObject, error)
+	// PutWebAuthnPolicy Set the relying party and the security-key rules (admins).
+	// (PUT /v1/policy/webauthn)
+	PutWebAuthnPolicy(ctx context.Context, request PutWebAuthnPolicyRequestObject) (PutWebAuthnPolicyResponseObject, error)
 	// ListUsers List the tenant's users with their 2FA status (admins, auditors), from the read model.
 	// (GET /v1/users)
 	ListUsers(ctx context.Context, request ListUsersRequestObject) (ListUsersResponseObject, error)
@@ -9693,6 +12027,24 @@ type StrictServerInterface interface {
 	// Reset Wipe the user's 2FA setup; they enrol again at the next login (admins; an admin's own reset needs a super admin).
 	// (POST /v1/users/{user_id}/reset)
 	Reset(ctx context.Context, request ResetRequestObject) (ResetResponseObject, error)
+	// ListSecurityKeys The user's security keys with their names (never their credentials).
+	// (GET /v1/users/{user_id}/security-keys)
+	ListSecurityKeys(ctx context.Context, request ListSecurityKeysRequestObject) (ListSecurityKeysResponseObject, error)
+	// FinishSecurityKeyRegistration Add the key that answered the registration options; the first method of an account switches 2FA on and returns backup codes once.
+	// (POST /v1/users/{user_id}/security-keys)
+	FinishSecurityKeyRegistration(ctx context.Context, request FinishSecurityKeyRegistrationRequestObject) (FinishSecurityKeyRegistrationResponseObject, error)
+	// StartSecurityKeyLogin Login options for the user's security keys, for navigator.credentials.get().
+	// (POST /v1/users/{user_id}/security-keys/challenge)
+	StartSecurityKeyLogin(ctx context.Context, request StartSecurityKeyLoginRequestObject) (StartSecurityKeyLoginResponseObject, error)
+	// StartSecurityKeyRegistration Start registering a security key or passkey; returns the options for navigator.credentials.create().
+	// (POST /v1/users/{user_id}/security-keys/registration)
+	StartSecurityKeyRegistration(ctx context.Context, request StartSecurityKeyRegistrationRequestObject) (StartSecurityKeyRegistrationResponseObject, error)
+	// VerifySecurityKey Verify the assertion that answered the login options.
+	// (POST /v1/users/{user_id}/security-keys/verification)
+	VerifySecurityKey(ctx context.Context, request VerifySecurityKeyRequestObject) (VerifySecurityKeyResponseObject, error)
+	// RemoveSecurityKey Remove one security key (fresh verification for the user; an email code alone never does; the last method goes with disabling).
+	// (DELETE /v1/users/{user_id}/security-keys/{key_id})
+	RemoveSecurityKey(ctx context.Context, request RemoveSecurityKeyRequestObject) (RemoveSecurityKeyResponseObject, error)
 	// SetTogglePermission Grant or withdraw "can toggle 2FA" (admins).
 	// (PUT /v1/users/{user_id}/toggle-permission)
 	SetTogglePermission(ctx context.Context, request SetTogglePermissionRequestObject) (SetTogglePermissionResponseObject, error)
@@ -10363,6 +12715,74 @@ func (sh *strictHandler) PatchPolicy(ctx *gin.Context, params PatchPolicyParams)
 	}
 }
 
+// GetWebAuthnPolicy operation middleware
+func (sh *strictHandler) GetWebAuthnPolicy(ctx *gin.Context) {
+	var request GetWebAuthnPolicyRequestObject
+
+	handler := func(ctx *gin.Context, request interface{}) (interface{}, error) {
+		return sh.ssi.GetWebAuthnPolicy(ctx, request.(GetWebAuthnPolicyRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "GetWebAuthnPolicy")
+	}
+
+	response, err := handler(ctx, request)
+
+	if err != nil {
+		sh.options.HandlerErrorFunc(ctx, err)
+	} else if validResponse, ok := response.(GetWebAuthnPolicyResponseObject); ok {
+		if err := validResponse.VisitGetWebAuthnPolicyResponse(ctx.Writer); err != nil {
+			sh.options.ResponseErrorHandlerFunc(ctx, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(ctx, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// PutWebAuthnPolicy operation middleware
+func (sh *strictHandler) PutWebAuthnPolicy(ctx *gin.Context, params PutWebAuthnPolicyParams) {
+	var request PutWebAuthnPolicyRequestObject
+
+	request.Params = params
+
+	var body PutWebAuthnPolicyJSONRequestBody
+	var err error
+	// A request validator built on kin-openapi's openapi3filter with
+	// KeepValidatedValue leaves the value it validated on the body. Bind
+	// that value, matching member names exactly, so the handler receives
+	// what was validated instead of a second, case-insensitive decode.
+	if vb, ok := ctx.Request.Body.(interface{ ValidatedValue() any }); !ok || runtime.BindJSONValue(vb.ValidatedValue(), &body) != nil {
+		err = ctx.ShouldBindJSON(&body)
+	} else if binding.Validator != nil {
+		// ShouldBindJSON runs the struct validator after decoding; keep that.
+		err = binding.Validator.ValidateStruct(&body)
+	}
+	if err != nil {
+		sh.options.RequestErrorHandlerFunc(ctx, err)
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx *gin.Context, request interface{}) (interface{}, error) {
+		return sh.ssi.PutWebAuthnPolicy(ctx, request.(PutWebAuthnPolicyRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "PutWebAuthnPolicy")
+	}
+
+	response, err := handler(ctx, request)
+
+	if err != nil {
+		sh.options.HandlerErrorFunc(ctx, err)
+	} else if validResponse, ok := response.(PutWebAuthnPolicyResponseObject); ok {
+		if err := validResponse.VisitPutWebAuthnPolicyResponse(ctx.Writer); err != nil {
+			sh.options.ResponseErrorHandlerFunc(ctx, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(ctx, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
 // ListUsers operation middleware
 func (sh *strictHandler) ListUsers(ctx *gin.Context, params ListUsersParams) {
 	var request ListUsersRequestObject
@@ -10973,6 +13393,268 @@ func (sh *strictHandler) Reset(ctx *gin.Context, userId UserID, params ResetPara
 		sh.options.HandlerErrorFunc(ctx, err)
 	} else if validResponse, ok := response.(ResetResponseObject); ok {
 		if err := validResponse.VisitResetResponse(ctx.Writer); err != nil {
+			sh.options.ResponseErrorHandlerFunc(ctx, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(ctx, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// ListSecurityKeys operation middleware
+func (sh *strictHandler) ListSecurityKeys(ctx *gin.Context, userId UserID, params ListSecurityKeysParams) {
+	var request ListSecurityKeysRequestObject
+
+	request.UserId = userId
+	request.Params = params
+
+	handler := func(ctx *gin.Context, request interface{}) (interface{}, error) {
+		return sh.ssi.ListSecurityKeys(ctx, request.(ListSecurityKeysRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ListSecurityKeys")
+	}
+
+	response, err := handler(ctx, request)
+
+	if err != nil {
+		sh.options.HandlerErrorFunc(ctx, err)
+	} else if validResponse, ok := response.(ListSecurityKeysResponseObject); ok {
+		if err := validResponse.VisitListSecurityKeysResponse(ctx.Writer); err != nil {
+			sh.options.ResponseErrorHandlerFunc(ctx, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(ctx, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// FinishSecurityKeyRegistration operation middleware
+func (sh *strictHandler) FinishSecurityKeyRegistration(ctx *gin.Context, userId UserID, params FinishSecurityKeyRegistrationParams) {
+	var request FinishSecurityKeyRegistrationRequestObject
+
+	request.UserId = userId
+	request.Params = params
+
+	var body FinishSecurityKeyRegistrationJSONRequestBody
+	var err error
+	// A request validator built on kin-openapi's openapi3filter with
+	// KeepValidatedValue leaves the value it validated on the body. Bind
+	// that value, matching member names exactly, so the handler receives
+	// what was validated instead of a second, case-insensitive decode.
+	if vb, ok := ctx.Request.Body.(interface{ ValidatedValue() any }); !ok || runtime.BindJSONValue(vb.ValidatedValue(), &body) != nil {
+		err = ctx.ShouldBindJSON(&body)
+	} else if binding.Validator != nil {
+		// ShouldBindJSON runs the struct validator after decoding; keep that.
+		err = binding.Validator.ValidateStruct(&body)
+	}
+	if err != nil {
+		sh.options.RequestErrorHandlerFunc(ctx, err)
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx *gin.Context, request interface{}) (interface{}, error) {
+		return sh.ssi.FinishSecurityKeyRegistration(ctx, request.(FinishSecurityKeyRegistrationRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "FinishSecurityKeyRegistration")
+	}
+
+	response, err := handler(ctx, request)
+
+	if err != nil {
+		sh.options.HandlerErrorFunc(ctx, err)
+	} else if validResponse, ok := response.(FinishSecurityKeyRegistrationResponseObject); ok {
+		if err := validResponse.VisitFinishSecurityKeyRegistrationResponse(ctx.Writer); err != nil {
+			sh.options.ResponseErrorHandlerFunc(ctx, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(ctx, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// StartSecurityKeyLogin operation middleware
+func (sh *strictHandler) StartSecurityKeyLogin(ctx *gin.Context, userId UserID, params StartSecurityKeyLoginParams) {
+	var request StartSecurityKeyLoginRequestObject
+
+	request.UserId = userId
+	request.Params = params
+
+	var body StartSecurityKeyLoginJSONRequestBody
+	var err error
+	// A request validator built on kin-openapi's openapi3filter with
+	// KeepValidatedValue leaves the value it validated on the body. Bind
+	// that value, matching member names exactly, so the handler receives
+	// what was validated instead of a second, case-insensitive decode.
+	if vb, ok := ctx.Request.Body.(interface{ ValidatedValue() any }); !ok || runtime.BindJSONValue(vb.ValidatedValue(), &body) != nil {
+		err = ctx.ShouldBindJSON(&body)
+	} else if binding.Validator != nil {
+		// ShouldBindJSON runs the struct validator after decoding; keep that.
+		err = binding.Validator.ValidateStruct(&body)
+	}
+	if err != nil {
+		if !errors.Is(err, io.EOF) {
+			sh.options.RequestErrorHandlerFunc(ctx, err)
+			return
+		}
+	} else {
+		request.Body = &body
+	}
+
+	handler := func(ctx *gin.Context, request interface{}) (interface{}, error) {
+		return sh.ssi.StartSecurityKeyLogin(ctx, request.(StartSecurityKeyLoginRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "StartSecurityKeyLogin")
+	}
+
+	response, err := handler(ctx, request)
+
+	if err != nil {
+		sh.options.HandlerErrorFunc(ctx, err)
+	} else if validResponse, ok := response.(StartSecurityKeyLoginResponseObject); ok {
+		if err := validResponse.VisitStartSecurityKeyLoginResponse(ctx.Writer); err != nil {
+			sh.options.ResponseErrorHandlerFunc(ctx, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(ctx, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// StartSecurityKeyRegistration operation middleware
+func (sh *strictHandler) StartSecurityKeyRegistration(ctx *gin.Context, userId UserID, params StartSecurityKeyRegistrationParams) {
+	var request StartSecurityKeyRegistrationRequestObject
+
+	request.UserId = userId
+	request.Params = params
+
+	var body StartSecurityKeyRegistrationJSONRequestBody
+	var err error
+	// A request validator built on kin-openapi's openapi3filter with
+	// KeepValidatedValue leaves the value it validated on the body. Bind
+	// that value, matching member names exactly, so the handler receives
+	// what was validated instead of a second, case-insensitive decode.
+	if vb, ok := ctx.Request.Body.(interface{ ValidatedValue() any }); !ok || runtime.BindJSONValue(vb.ValidatedValue(), &body) != nil {
+		err = ctx.ShouldBindJSON(&body)
+	} else if binding.Validator != nil {
+		// ShouldBindJSON runs the struct validator after decoding; keep that.
+		err = binding.Validator.ValidateStruct(&body)
+	}
+	if err != nil {
+		if !errors.Is(err, io.EOF) {
+			sh.options.RequestErrorHandlerFunc(ctx, err)
+			return
+		}
+	} else {
+		request.Body = &body
+	}
+
+	handler := func(ctx *gin.Context, request interface{}) (interface{}, error) {
+		return sh.ssi.StartSecurityKeyRegistration(ctx, request.(StartSecurityKeyRegistrationRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "StartSecurityKeyRegistration")
+	}
+
+	response, err := handler(ctx, request)
+
+	if err != nil {
+		sh.options.HandlerErrorFunc(ctx, err)
+	} else if validResponse, ok := response.(StartSecurityKeyRegistrationResponseObject); ok {
+		if err := validResponse.VisitStartSecurityKeyRegistrationResponse(ctx.Writer); err != nil {
+			sh.options.ResponseErrorHandlerFunc(ctx, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(ctx, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// VerifySecurityKey operation middleware
+func (sh *strictHandler) VerifySecurityKey(ctx *gin.Context, userId UserID, params VerifySecurityKeyParams) {
+	var request VerifySecurityKeyRequestObject
+
+	request.UserId = userId
+	request.Params = params
+
+	var body VerifySecurityKeyJSONRequestBody
+	var err error
+	// A request validator built on kin-openapi's openapi3filter with
+	// KeepValidatedValue leaves the value it validated on the body. Bind
+	// that value, matching member names exactly, so the handler receives
+	// what was validated instead of a second, case-insensitive decode.
+	if vb, ok := ctx.Request.Body.(interface{ ValidatedValue() any }); !ok || runtime.BindJSONValue(vb.ValidatedValue(), &body) != nil {
+		err = ctx.ShouldBindJSON(&body)
+	} else if binding.Validator != nil {
+		// ShouldBindJSON runs the struct validator after decoding; keep that.
+		err = binding.Validator.ValidateStruct(&body)
+	}
+	if err != nil {
+		sh.options.RequestErrorHandlerFunc(ctx, err)
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx *gin.Context, request interface{}) (interface{}, error) {
+		return sh.ssi.VerifySecurityKey(ctx, request.(VerifySecurityKeyRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "VerifySecurityKey")
+	}
+
+	response, err := handler(ctx, request)
+
+	if err != nil {
+		sh.options.HandlerErrorFunc(ctx, err)
+	} else if validResponse, ok := response.(VerifySecurityKeyResponseObject); ok {
+		if err := validResponse.VisitVerifySecurityKeyResponse(ctx.Writer); err != nil {
+			sh.options.ResponseErrorHandlerFunc(ctx, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(ctx, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// RemoveSecurityKey operation middleware
+func (sh *strictHandler) RemoveSecurityKey(ctx *gin.Context, userId UserID, keyId string, params RemoveSecurityKeyParams) {
+	var request RemoveSecurityKeyRequestObject
+
+	request.UserId = userId
+	request.KeyId = keyId
+	request.Params = params
+
+	var body RemoveSecurityKeyJSONRequestBody
+	var err error
+	// A request validator built on kin-openapi's openapi3filter with
+	// KeepValidatedValue leaves the value it validated on the body. Bind
+	// that value, matching member names exactly, so the handler receives
+	// what was validated instead of a second, case-insensitive decode.
+	if vb, ok := ctx.Request.Body.(interface{ ValidatedValue() any }); !ok || runtime.BindJSONValue(vb.ValidatedValue(), &body) != nil {
+		err = ctx.ShouldBindJSON(&body)
+	} else if binding.Validator != nil {
+		// ShouldBindJSON runs the struct validator after decoding; keep that.
+		err = binding.Validator.ValidateStruct(&body)
+	}
+	if err != nil {
+		if !errors.Is(err, io.EOF) {
+			sh.options.RequestErrorHandlerFunc(ctx, err)
+			return
+		}
+	} else {
+		request.Body = &body
+	}
+
+	handler := func(ctx *gin.Context, request interface{}) (interface{}, error) {
+		return sh.ssi.RemoveSecurityKey(ctx, request.(RemoveSecurityKeyRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "RemoveSecurityKey")
+	}
+
+	response, err := handler(ctx, request)
+
+	if err != nil {
+		sh.options.HandlerErrorFunc(ctx, err)
+	} else if validResponse, ok := response.(RemoveSecurityKeyResponseObject); ok {
+		if err := validResponse.VisitRemoveSecurityKeyResponse(ctx.Writer); err != nil {
 			sh.options.ResponseErrorHandlerFunc(ctx, err)
 		}
 	} else if response != nil {
