@@ -142,9 +142,6 @@ func (s strictServer) PutWebAuthnPolicy(ctx context.Context, in api.PutWebAuthnP
 	}
 	body := in.Body
 	reason := deref(body.Reason)
-	if err := checkReason(reason); err != nil {
-		return nil, err
-	}
 	w := domain.WebAuthnPolicy{
 		RPID: body.RpId, RPName: deref(body.RpName), Origins: body.Origins,
 		UserVerification: domain.UserVerificationPreferred, ChallengeTTL: domain.DefaultWebAuthnChallengeTTL,
