@@ -229,7 +229,9 @@ func (p *usageProbe) stop() Usage {
 		u.Tool = 0
 	}
 	if p.dbOK {
-		// Backends report their counts when idle, at most once a second.
+		// Backends report their counts when idle, at most once a second, and
+		// those held back then within 10 s (Config.DBStatsDelay); pgbench's
+		// report theirs as they exit.
 		time.Sleep(p.statsDelay)
 		if end, ok := dbWork(context.Background(), p.db); ok {
 			u.DBWall = time.Since(p.start)

@@ -110,7 +110,11 @@ type Config struct {
 	// (default 3 minutes; negative: no wait, as in the tests).
 	QuiesceLimit time.Duration
 	// DBStatsDelay is how long a phase's end waits before reading the
-	// database's counters, which backends report within a second (default 1.1 s).
+	// database's counters (default 10.5 s): a backend reports them when it
+	// goes idle, at most once a second, and what it could not report then
+	// after 10 s of idleness (PostgreSQL 15's PGSTAT_IDLE_INTERVAL), so the
+	// last second of a phase would otherwise count in the next one (above
+	// all in the idle measurement, which follows a busy phase).
 	DBStatsDelay time.Duration
 
 	meter meter
@@ -191,7 +195,7 @@ func (c *Config) defaults() error {
 		c.QuiesceLimit = 3 * time.Minute
 	}
 	if c.DBStatsDelay <= 0 {
-		c.DBStatsDelay = 1100 * time.Millisecond
+		c.DBStatsDelay = 10500 * time.Millisecond
 	}
 	if c.NotifierQuiet <= 0 {
 		c.NotifierQuiet = 2 * time.Second
