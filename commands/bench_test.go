@@ -143,7 +143,7 @@ func BenchmarkEventEncoding(b *testing.B) {
 //
 //	go test -run '^$' -bench 'BenchmarkLogin$' -benchtime 400x -count 5 ./commands
 func BenchmarkLogin(b *testing.B) {
-	for _, every := range []int64{0, 100, 20, 10} {
+	for _, every := range []int64{0, 100, 50, 20, 10, 5} {
 		name := fmt.Sprintf("snapshot-every=%d", every)
 		if every == 0 {
 			name = "snapshot-every=default"
