@@ -122,7 +122,7 @@ func lag(ctx context.Context, c *Client, pool *Pool, rate int, d time.Duration, 
 				errs.Add(r.Kind())
 				return
 			}
-			part.Succeeded(u)
+			part.AcceptedTOTP(u)
 			commands.Add(1)
 			cmds.Add(r.Latency)
 			committed := time.Now()

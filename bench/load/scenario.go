@@ -194,7 +194,7 @@ func login(ctx context.Context, c *Client, part *Partition, s *Scenario) {
 	s.record("verify totp", r)
 	s.ops.Add(1)
 	if r.OK() {
-		part.Succeeded(u)
+		part.AcceptedTOTP(u)
 	}
 }
 
