@@ -97,7 +97,7 @@ func (r *Report) WriteText(w io.Writer) {
 	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
 	p("twofactor-bench: %s, %d virtual users, %d enrolled users, API %s", r.Started.Format(time.RFC3339), r.Concurrency, r.Users, r.API)
 	p("")
-	p("| scenario | requests | req/s | ops/s | minimal ceiling tps | vs minimal | own-shape ceiling tps | vs own shape | p50 ms | p95 ms | p99 ms | max ms | unexpected errors | CPU ms/request: server / postgres | × minimal txn CPU | PG txns/request | cores: server / postgres / tool (machine) | server peak RSS MB |")
+	p("| scenario | requests | req/s | ops/s | minimal ceiling tps | vs minimal | own-shape ceiling tps | vs own shape | p50 ms | p95 ms | p99 ms | max ms | unexpected errors | CPU ms/request: server / postgres | × minimal txn CPU (of its ms) | PG txns/request | cores: server / postgres / tool (machine) | server peak RSS MB |")
 	p("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|")
 	ceilingRow := func(name string, c *Ceiling) {
 		if c == nil {
@@ -122,7 +122,7 @@ func (r *Report) WriteText(w io.Writer) {
 		server, pg := s.CPUPerRequest()
 		ratio := "–"
 		if x := r.cpuRatio(s); x > 0 {
-			ratio = fmt.Sprintf("%.1f", x)
+			ratio = fmt.Sprintf("%.1f (of %s)", x, cpuMS(r.minimalFor(s).PGCPUPerTxn()))
 		}
 		txns := "–"
 		if x := s.TransactionsPerRequest(); x >= 0 {
@@ -142,7 +142,7 @@ func (r *Report) WriteText(w io.Writer) {
 	} else {
 		p("vs minimal, vs own shape: the scenario's requests per second over the transactions per second of pgbench with that script at the same concurrency, run before everything.")
 	}
-	p("CPU ms/request: the server process's CPU time and every PostgreSQL process's (/proc) over the scenario, per request (a login in verify and backup); for a ceiling, PostgreSQL's per transaction. × minimal txn CPU: (server + PostgreSQL CPU per request) over the minimal transaction's PostgreSQL CPU. PG txns/request: xact_commit + xact_rollback of the server's database (pg_stat_database) over the scenario, per request, the consumers' transactions included.")
+	p("CPU ms/request: the server process's CPU time and every PostgreSQL process's (/proc) over the scenario, per request (a login in verify and backup); for a ceiling, PostgreSQL's per transaction. × minimal txn CPU: (server + PostgreSQL CPU per request) over the PostgreSQL CPU of one transaction of the minimal ceiling it is compared with (in brackets, in ms). PG txns/request: xact_commit + xact_rollback of the server's database (pg_stat_database) over the scenario, per request, the consumers' transactions included.")
 	p("Setup: %d users enrolled (3 requests each) in %v; unexpected errors: %s.", r.Users, r.Setup.Duration.Round(time.Millisecond), FormatCounts(r.Setup.Errors))
 	for _, s := range r.Scenarios {
 		if len(s.Errors) > 0 {
