@@ -23,7 +23,8 @@
 # Knobs (environment): PGURL (server, default postgres://postgres@127.0.0.1:5432),
 # CONCURRENCY (16), DURATION (20s per scenario and for pgbench), USERS_PER_VU (500),
 # SCENARIOS (enroll,backup,verify,mixed: TOTP logins last, when every user has unused steps), LAG_RATE (200; 0 skips),
-# IDLE (10s without requests, the database's transactions counted; 0 skips), NOTIFIER_LOGINS (2000; 0 skips),
+# IDLE (10s without requests, the database's transactions counted; 0 skips), CONSUMERS (what the idle
+# transactions are divided by; default: the consumer groups in the server's database), NOTIFIER_LOGINS (2000; 0 skips),
 # GROWTH_USERS (20 per stream length; 0 skips), REBUILD_EVENTS (1000000; 0 skips),
 # PAIRED_CEILING (10s: both pgbench scripts again right before each scenario, which is compared with them; 0 skips),
 # PROFILE=1 (also a CPU profile of the verify scenario, BenchmarkVerifyHTTP),
@@ -38,6 +39,7 @@ USERS_PER_VU=${USERS_PER_VU:-500}
 SCENARIOS=${SCENARIOS:-enroll,backup,verify,mixed}
 LAG_RATE=${LAG_RATE:-200}
 IDLE=${IDLE:-10s}
+CONSUMERS=${CONSUMERS:-0}
 NOTIFIER_LOGINS=${NOTIFIER_LOGINS:-2000}
 GROWTH_USERS=${GROWTH_USERS:-20}
 PAIRED_CEILING=${PAIRED_CEILING:-10s}
@@ -125,7 +127,7 @@ log "twofactor-bench: $CONCURRENCY virtual users, $DURATION per scenario"
 	--server-pid "$SERVE_PID" \
 	--pgbench-db "$(dburl "${RUN}_pgbench")" --pgbench-script bench/command.sql --minimal-script bench/minimal.sql --pgbench-users "$PGBENCH_USERS" \
 	--paired-ceiling "$PAIRED_CEILING" \
-	--database-url "$(dburl "${RUN}_serve")" --growth-users "$GROWTH_USERS" --lag-rate "$LAG_RATE" --lag-duration "$DURATION" --idle "$IDLE" \
+	--database-url "$(dburl "${RUN}_serve")" --growth-users "$GROWTH_USERS" --lag-rate "$LAG_RATE" --lag-duration "$DURATION" --idle "$IDLE" --consumers "$CONSUMERS" \
 	--smtp-listen "127.0.0.1:$SMTP_PORT" --notifier-logins "$NOTIFIER_LOGINS" --json "$OUT/report.json" "${EXTRA[@]}" >"$OUT/report.md"
 kill "$SERVE_PID" && wait "$SERVE_PID" 2>/dev/null || true
 SERVE_PID=

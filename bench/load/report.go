@@ -254,7 +254,11 @@ func (r *Report) WriteText(w io.Writer) {
 		p("| target | result | verdict |")
 		p("|---|---|---|")
 		for _, x := range t {
-			p("| %s | %s | %s |", x.Target, x.Result, x.Verdict)
+			v := x.Verdict
+			if strings.HasPrefix(v, Missed) {
+				v = "**" + Missed + "**" + strings.TrimPrefix(v, Missed)
+			}
+			p("| %s | %s | %s |", x.Target, x.Result, v)
 		}
 	}
 	if len(r.Extra) > 0 {
@@ -277,7 +281,7 @@ type Target struct {
 // Verdicts.
 const (
 	Met         = "met"
-	Missed      = "**missed**"
+	Missed      = "missed"
 	NotMeasured = "not measured"
 )
 
