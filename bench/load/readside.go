@@ -171,6 +171,9 @@ type IdleResult struct {
 // it reads): one is taken off. Autovacuum's transactions in the database count
 // too, like any other.
 func idle(ctx context.Context, d time.Duration, consumers int, from string, m meter) IdleResult {
+	// What the tool's own queries before (the wait for the consumers) left
+	// unreported is reported within the stats delay: wait it out first.
+	sleepUntil(ctx, time.Now().Add(m.statsDelay))
 	probe := m.start()
 	sleepUntil(ctx, probe.start.Add(d))
 	u := probe.stop()
