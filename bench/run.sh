@@ -6,21 +6,27 @@
 # 1. builds twofactord and twofactor-bench;
 # 2. (unless REBUILD_EVENTS=0) runs the read side's rebuild benchmark over
 #    REBUILD_EVENTS events (projections.BenchmarkRebuild), before anything else runs;
-# 3. creates two scratch databases: one migrated and seeded for the pgbench
-#    ceiling (bench/seed.sql, bench/command.sql), one served by
+# 3. creates two scratch databases: one migrated and seeded for the two pgbench
+#    ceilings (bench/seed.sql; bench/minimal.sql, the least a replay-safe TOTP
+#    check must do, and bench/command.sql, the service's own transaction
+#    shape), one served by
 #    `twofactord serve` (fixed benchmark keys, not --dev; rate limits off; email
 #    to the tool's loopback SMTP sink);
-# 4. creates a tenant and runs twofactor-bench: pgbench ceiling, enrolment of
+# 4. creates a tenant and runs twofactor-bench: pgbench ceilings, enrolment of
 #    the virtual users' pools, the scenarios enroll, backup, verify, mixed,
-#    commit-to-visible lag, notifier throughput, growth by stream length;
-# 5. prints one table (also in $OUT/report.md and report.json), stops the
-#    server and drops the scratch databases (KEEP=1 keeps them).
+#    commit-to-visible lag, idle transactions, notifier throughput, growth by
+#    stream length;
+# 5. prints the tables and issue 13's targets with their verdicts (also in
+#    $OUT/report.md and report.json), stops the server and drops the scratch
+#    databases (KEEP=1 keeps them).
 #
 # Knobs (environment): PGURL (server, default postgres://postgres@127.0.0.1:5432),
 # CONCURRENCY (16), DURATION (20s per scenario and for pgbench), USERS_PER_VU (500),
-# SCENARIOS (enroll,backup,verify,mixed: TOTP logins last, when every user has unused steps), LAG_RATE (200; 0 skips), NOTIFIER_LOGINS (2000; 0 skips),
+# SCENARIOS (enroll,backup,verify,mixed: TOTP logins last, when every user has unused steps), LAG_RATE (200; 0 skips),
+# IDLE (10s without requests, the database's transactions counted; 0 skips), CONSUMERS (what the idle
+# transactions are divided by; default: the consumer groups in the server's database), NOTIFIER_LOGINS (2000; 0 skips),
 # GROWTH_USERS (20 per stream length; 0 skips), REBUILD_EVENTS (1000000; 0 skips),
-# PAIRED_CEILING (10s: pgbench again right before each scenario, which is compared with it; 0 skips),
+# PAIRED_CEILING (10s: both pgbench scripts again right before each scenario, which is compared with them; 0 skips),
 # PROFILE=1 (also a CPU profile of the verify scenario, BenchmarkVerifyHTTP),
 # SERVER_BIN (a twofactord binary to measure instead of building one), PORT, SMTP_PORT, OUT.
 set -euo pipefail
@@ -32,6 +38,8 @@ DURATION=${DURATION:-20s}
 USERS_PER_VU=${USERS_PER_VU:-500}
 SCENARIOS=${SCENARIOS:-enroll,backup,verify,mixed}
 LAG_RATE=${LAG_RATE:-200}
+IDLE=${IDLE:-10s}
+CONSUMERS=${CONSUMERS:-0}
 NOTIFIER_LOGINS=${NOTIFIER_LOGINS:-2000}
 GROWTH_USERS=${GROWTH_USERS:-20}
 PAIRED_CEILING=${PAIRED_CEILING:-10s}
@@ -93,7 +101,7 @@ if [ "$REBUILD_EVENTS" -gt 0 ]; then
 		go test -run '^$' -bench '^BenchmarkRebuild$' -benchtime 1x -timeout 30m ./projections/ | tee "$OUT/rebuild.txt" >&2
 	rate=$(awk '/^BenchmarkRebuild/ { for (i = 1; i < NF; i++) if ($(i+1) == "events/s") print $i }' "$OUT/rebuild.txt")
 	detail=$(grep -o '[0-9]* events ([0-9]* loaded), [0-9]* users: .*' "$OUT/rebuild.txt" | head -1)
-	EXTRA+=(--extra "rebuild of user_status (twofactord replay's code: projections.Rebuild)|${rate} events/s; ${detail}|≥ 50,000 events/s")
+	EXTRA+=(--rebuild-rate "$rate" --rebuild-detail "twofactord replay's code, projections.Rebuild: ${detail}")
 fi
 
 log "scratch databases ${RUN}_pgbench and ${RUN}_serve"
@@ -117,9 +125,9 @@ log "twofactor-bench: $CONCURRENCY virtual users, $DURATION per scenario"
 "$BIN/twofactor-bench" --api "http://127.0.0.1:$PORT" --tenant "$OUT/tenant.json" \
 	--concurrency "$CONCURRENCY" --duration "$DURATION" --scenarios "$SCENARIOS" --users-per-vu "$USERS_PER_VU" \
 	--server-pid "$SERVE_PID" \
-	--pgbench-db "$(dburl "${RUN}_pgbench")" --pgbench-script bench/command.sql --pgbench-users "$PGBENCH_USERS" \
+	--pgbench-db "$(dburl "${RUN}_pgbench")" --pgbench-script bench/command.sql --minimal-script bench/minimal.sql --pgbench-users "$PGBENCH_USERS" \
 	--paired-ceiling "$PAIRED_CEILING" \
-	--database-url "$(dburl "${RUN}_serve")" --growth-users "$GROWTH_USERS" --lag-rate "$LAG_RATE" --lag-duration "$DURATION" \
+	--database-url "$(dburl "${RUN}_serve")" --growth-users "$GROWTH_USERS" --lag-rate "$LAG_RATE" --lag-duration "$DURATION" --idle "$IDLE" --consumers "$CONSUMERS" \
 	--smtp-listen "127.0.0.1:$SMTP_PORT" --notifier-logins "$NOTIFIER_LOGINS" --json "$OUT/report.json" "${EXTRA[@]}" >"$OUT/report.md"
 kill "$SERVE_PID" && wait "$SERVE_PID" 2>/dev/null || true
 SERVE_PID=

@@ -1,5 +1,7 @@
--- Seed data for bench/command.sql (the pgbench ceiling). Run on a scratch
--- database migrated by `twofactord migrate`, with psql variables:
+-- Seed data for the two pgbench ceilings, bench/command.sql (the service's own
+-- transaction shape) and bench/minimal.sql (the least a replay-safe TOTP check
+-- must do). Run on a scratch database migrated by `twofactord migrate`, with
+-- psql variables:
 --   psql -v clients=16 -v users=250 -f bench/seed.sql
 -- One tenant stream, and for every pgbench client (:client_id 0 … clients-1)
 -- its own users, each with the five events an enrolled user has after
@@ -30,5 +32,21 @@ FROM generate_series(0, :clients - 1) AS c, generate_series(1, :users) AS u, (VA
   (4, 'BackupCodesGenerated', '{"hashes": ["49meGerDasBoHyZxt1uoQDkxf3nJTp7ZnEpdUrPdWx0=", "EnD2yj6miBces/GV2bDj0oXDgBaiQsTt2d24AfKpBy4=", "26n5EVyq4AfnLwrLBvCyS7RcJwjxgXXMihgDbJkFO0M=", "k2hskcMv6faK3Js6+FshevgmNon0e+2/zYGmWiZG0VI=", "igCx+daxFne+vuAtaDwga9PPGWQq24thtUQAzT1x1DE=", "VqxbEr5PLFMAUYbRiuH2nW17yjgSg9Ojw7xHcMrcH1s=", "ztWyXDglXGsE8zWSqbZcMWmuTla9Tg7CalXXckztoFw=", "iLWQvUVDvSy/5jj+0pIpcpp9La8S2Ur8vBwhB0jVUDI=", "xCknYcJh1zLdDaTrnEOkwPD2YNlbhzacNkYMUQLWd0o=", "cCCeBFx+x2jmkf68MA7aFdLPhIb6aF36x6LtMc40fBM="], "reason": "enabled"}'),
   (5, 'TwoFactorEnabled', '{"method": "totp"}')
 ) AS v(version, type, payload);
+
+-- bench/minimal.sql: one state row per user, the same users. The sealed secret
+-- has the size of a real one (the event's sealed_secret); last_step is what a
+-- check compares with and sets.
+CREATE TABLE bench_totp_users (
+    tenant_id     uuid   NOT NULL,
+    user_id       text   NOT NULL,
+    sealed_secret text   NOT NULL,
+    last_step     bigint NOT NULL,
+    failures      int    NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant_id, user_id)
+);
+INSERT INTO bench_totp_users (tenant_id, user_id, sealed_secret, last_step)
+SELECT '00000000-0000-4000-8000-00000000b0b0', 'c' || c || '-u' || u,
+  'v1.JeEtAo5cDx9AS8ZKJ1vnE36o-GIOfwCEAHMaU1DjzH98eeUj2dZcZFGq4R84kDx8yMo9io0YoZf9R3N8', 59847955
+FROM generate_series(0, :clients - 1) AS c, generate_series(1, :users) AS u;
 COMMIT;
 ANALYZE;

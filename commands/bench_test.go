@@ -1,9 +1,15 @@
 package commands_test
 
 import (
+	"bytes"
 	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/twofactor/twofactor/commands"
 	"github.com/twofactor/twofactor/domain"
@@ -126,4 +132,120 @@ func BenchmarkEventEncoding(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkLogin measures a TOTP login of a user enrolled like the HTTP
+// benchmark's users, over b.N logins of one user (so over whole snapshot
+// intervals), by snapshot interval: besides time and allocations per login,
+// the CPU of this process (cpu-ms/op), the CPU of the PostgreSQL backends
+// serving this database (pg-cpu-ms/op: other databases of a shared server do
+// not count) and PostgreSQL's transactions (pg-txn/op, pg_stat_database).
+//
+//	go test -run '^$' -bench 'BenchmarkLogin$' -benchtime 400x -count 5 ./commands
+func BenchmarkLogin(b *testing.B) {
+	for _, every := range []int64{0, 100, 50, 20, 10, 5} {
+		name := fmt.Sprintf("snapshot-every=%d", every)
+		if every == 0 {
+			name = "snapshot-every=default"
+		}
+		b.Run(name, func(b *testing.B) {
+			f := testkit.New(b, testdbPool(b), nil)
+			if every > 0 {
+				f.Svc.WithSnapshotEvery(every)
+			}
+			user := "login"
+			secret, _ := f.EnrolTOTP(user)
+			if _, err := f.Svc.SetContactAddress(ctx, as(user), commands.SetContactAddress{TenantID: f.Tenant, UserID: user,
+				Method: domain.MethodEmail, Address: "login@example.com"}); err != nil {
+				b.Fatal(err)
+			}
+			m := startCost(b, f)
+			for b.Loop() {
+				f.Clock.Advance(30 * time.Second)
+				if _, err := f.Svc.VerifyTOTP(ctx, as(user), commands.VerifyTOTP{TenantID: f.Tenant, UserID: user, Code: f.CodeAt(secret, 0)}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			m.report(b)
+		})
+	}
+}
+
+// cost samples what BenchmarkLogin reports beside time and allocations.
+type cost struct {
+	f       *testkit.Fixture
+	self    time.Duration
+	pg      map[int]time.Duration
+	xacts   int64
+	started bool
+}
+
+func processCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(utime+stime) * time.Second / 100 // USER_HZ
+}
+
+// backendsCPU is the CPU time of every backend connected to the fixture's
+// database, by pid.
+func backendsCPU(b *testing.B, f *testkit.Fixture) map[int]time.Duration {
+	rows, err := f.Pool.Query(ctx, `SELECT pid FROM pg_stat_activity WHERE datname = current_database()`)
+	if err != nil {
+		b.Fatal(err)
+	}
+	pids, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+	if err != nil {
+		b.Fatal(err)
+	}
+	out := map[int]time.Duration{}
+	for _, pid := range pids {
+		out[int(pid)] = processCPU(int(pid))
+	}
+	return out
+}
+
+func transactions(b *testing.B, f *testkit.Fixture) int64 {
+	var n int64
+	if err := f.Pool.QueryRow(ctx, `SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()`).Scan(&n); err != nil {
+		b.Fatal(err)
+	}
+	return n
+}
+
+// statsDelay: backends report their transaction counts when idle, at most
+// once a second.
+const statsDelay = 1100 * time.Millisecond
+
+func startCost(b *testing.B, f *testkit.Fixture) *cost {
+	time.Sleep(statsDelay)
+	return &cost{f: f, self: processCPU(os.Getpid()), pg: backendsCPU(b, f), xacts: transactions(b, f)}
+}
+
+func (c *cost) report(b *testing.B) {
+	b.StopTimer()
+	self := processCPU(os.Getpid()) - c.self
+	var pg time.Duration
+	for pid, t := range backendsCPU(b, c.f) {
+		pg += t - c.pg[pid] // a backend started since counts whole
+	}
+	time.Sleep(statsDelay)
+	// The two readings of the counters are transactions themselves: the first
+	// is counted in the second, the second is not.
+	xacts := transactions(b, c.f) - c.xacts - 2
+	n := float64(b.N)
+	b.ReportMetric(float64(self)/float64(time.Millisecond)/n, "cpu-ms/op")
+	b.ReportMetric(float64(pg)/float64(time.Millisecond)/n, "pg-cpu-ms/op")
+	b.ReportMetric(float64(xacts)/n, "pg-txn/op")
 }

@@ -19,9 +19,10 @@ import (
 
 // TestEveryPhaseAgainstAnInProcessServer runs the whole tool once, briefly,
 // against the service wired as `serve` wires it, on loopback: every scenario,
-// the read-side lag, the notifier through the SMTP sink, the growth appends,
-// and the pgbench ceiling with bench/seed.sql and bench/command.sql when
-// pgbench and psql are installed. Every login the tool sends must be accepted.
+// the read-side lag, the idle transactions, the notifier through the SMTP
+// sink, the growth appends, and the pgbench ceilings with bench/seed.sql,
+// bench/minimal.sql and bench/command.sql when pgbench and psql are
+// installed. Every login the tool sends must be accepted.
 func TestEveryPhaseAgainstAnInProcessServer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -36,7 +37,7 @@ func TestEveryPhaseAgainstAnInProcessServer(t *testing.T) {
 		API: srv.URL, Tenant: srv.Tenant, Concurrency: 3, Duration: 500 * time.Millisecond,
 		Scenarios: load.Scenarios, UsersPerVU: 12, MaxOpsPerVU: 4, ServerPID: os.Getpid(),
 		DatabaseURL: srv.DBURL, GrowthLengths: []int{10, 150}, GrowthUsers: 2,
-		LagRate: 10, LagDuration: 700 * time.Millisecond,
+		LagRate: 10, LagDuration: 700 * time.Millisecond, IdleDuration: 300 * time.Millisecond,
 		Sink: sink, NotifierLogins: 12, NotifierHold: 1500 * time.Millisecond, NotifierQuiet: 300 * time.Millisecond,
 		Log: &progress, DBStatsDelay: 10 * time.Millisecond, QuiesceLimit: -1,
 	}
@@ -76,15 +77,40 @@ func TestEveryPhaseAgainstAnInProcessServer(t *testing.T) {
 	if len(rep.Growth) != 2 || rep.Growth[0].First.Count != 2 || rep.Growth[1].First.Count != 2 || rep.GrowthAppended < 2*140 {
 		t.Errorf("growth: %+v (appended %d)", rep.Growth, rep.GrowthAppended)
 	}
-	if cfg.Pgbench != nil && (rep.Ceiling == nil || rep.Ceiling.TPS <= 0 || rep.Ceiling.Failed != 0) {
-		t.Errorf("ceiling: %+v", rep.Ceiling)
-	}
-	for _, s := range rep.Scenarios {
-		if cfg.Pgbench != nil && (s.Ceiling == nil || s.Ceiling.TPS <= 0) {
-			t.Errorf("%s: paired ceiling %+v", s.Name, s.Ceiling)
+	if cfg.Pgbench != nil {
+		if rep.Ceiling == nil || rep.Ceiling.TPS <= 0 || rep.Ceiling.Failed != 0 {
+			t.Errorf("own-shape ceiling: %+v", rep.Ceiling)
+		}
+		if rep.Minimal == nil || rep.Minimal.TPS <= 0 || rep.Minimal.Failed != 0 || rep.Minimal.PGCPUPerTxn() < 0 {
+			t.Errorf("minimal ceiling: %+v", rep.Minimal)
+		}
+		runs := rep.Minimal.Latency.Count
+		for _, s := range rep.Scenarios {
+			if s.Ceiling == nil || s.Ceiling.TPS <= 0 || s.Minimal == nil || s.Minimal.TPS <= 0 || s.Minimal.Failed != 0 {
+				t.Errorf("%s: paired ceilings %+v, %+v", s.Name, s.Ceiling, s.Minimal)
+				continue
+			}
+			runs += s.Minimal.Latency.Count
+		}
+		// Every minimal transaction must have persisted its step (the
+		// compare-and-set matched): a script whose write hit no row would
+		// measure less than a check must do.
+		var persisted int
+		out, err := exec.Command("psql", "-X", "-At", "-c", "SELECT sum(last_step - 59847955) FROM bench_totp_users", cfg.Pgbench.DatabaseURL).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		if persisted, err = strconv.Atoi(strings.TrimSpace(string(out))); err != nil || persisted != runs {
+			t.Errorf("minimal ceiling: %d steps persisted for %d transactions (%v)", persisted, runs, err)
 		}
 	}
-	for _, want := range []string{"| verify |", "| backup |", "| enroll |", "| mixed |", "commit-to-visible lag", "Notifier:", "Growth:"} {
+	if i := rep.Idle; i == nil || i.Consumers != 2 || i.Usage.DB == nil || i.Duration <= 0 {
+		t.Errorf("idle: %+v", rep.Idle)
+	}
+	if len(rep.Targets) != 9 {
+		t.Errorf("targets: %+v", rep.Targets)
+	}
+	for _, want := range []string{"| verify |", "| backup |", "| enroll |", "| mixed |", "commit-to-visible lag", "Notifier:", "Growth:", "Idle:", "Targets (issue 13)"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("report lacks %q", want)
 		}
@@ -110,7 +136,8 @@ func pgbenchScratch(t *testing.T) *load.PgbenchConfig {
 	if err != nil {
 		t.Fatalf("bench/seed.sql: %v\n%s", err, out)
 	}
-	return &load.PgbenchConfig{Path: pgbench, DatabaseURL: dbURL, Script: filepath.Join("..", "command.sql"), Users: 5}
+	return &load.PgbenchConfig{Path: pgbench, DatabaseURL: dbURL, Script: filepath.Join("..", "command.sql"),
+		MinimalScript: filepath.Join("..", "minimal.sql"), Users: 5}
 }
 
 // TestSinkReceivesMail checks the SMTP sink with the standard library's client.

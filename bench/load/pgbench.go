@@ -16,18 +16,24 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// PgbenchConfig runs the ceiling: pgbench with bench/command.sql against a
-// scratch database seeded by bench/seed.sql.
+// PgbenchConfig runs the ceilings: pgbench with bench/minimal.sql (the least a
+// replay-safe TOTP check must do) and bench/command.sql (the service's own
+// transaction shape) against a scratch database seeded by bench/seed.sql.
 type PgbenchConfig struct {
 	Path        string // the pgbench binary
 	DatabaseURL string
-	Script      string
+	// Script is the own-shape transaction (bench/command.sql).
+	Script string
+	// MinimalScript is the minimal one (bench/minimal.sql); empty: not run.
+	MinimalScript string
 	// Users per client, as seeded (the script's :users).
 	Users int
 }
 
-// Ceiling is what PostgreSQL alone achieves with the command-shaped transaction.
+// Ceiling is what PostgreSQL alone achieves with one pgbench script.
 type Ceiling struct {
+	// Script is the pgbench script's file.
+	Script   string         `json:"script"`
 	Clients  int            `json:"clients"`
 	Duration time.Duration  `json:"duration_ns"`
 	TPS      float64        `json:"tps"`
@@ -55,9 +61,18 @@ func parsePgbench(out string) (tps float64, failed int64, err error) {
 	return tps, failed, err
 }
 
-// runPgbench runs the script with clients connections for d, with per-transaction
+// PGCPUPerTxn is PostgreSQL's CPU time per transaction during the run (zero
+// when unknown).
+func (c *Ceiling) PGCPUPerTxn() time.Duration {
+	if c == nil || c.TPS <= 0 || c.Usage.Wall <= 0 {
+		return 0
+	}
+	return time.Duration(float64(c.Usage.Postgres) / (c.TPS * c.Usage.Wall.Seconds()))
+}
+
+// runPgbench runs script with clients connections for d, with per-transaction
 // logs for the latency percentiles.
-func runPgbench(ctx context.Context, cfg PgbenchConfig, clients int, d time.Duration, serverPID int) (Ceiling, error) {
+func runPgbench(ctx context.Context, cfg PgbenchConfig, script string, clients int, d time.Duration, serverPID int) (Ceiling, error) {
 	db, err := pgxpool.New(ctx, cfg.DatabaseURL)
 	if err != nil {
 		return Ceiling{}, err
@@ -70,7 +85,7 @@ func runPgbench(ctx context.Context, cfg PgbenchConfig, clients int, d time.Dura
 	defer os.RemoveAll(dir)
 	args := []string{"-n", "-M", "prepared", "-c", strconv.Itoa(clients), "-j", strconv.Itoa(min(clients, 2)),
 		"-T", strconv.Itoa(max(1, int(d.Seconds()))), "-D", "users=" + strconv.Itoa(cfg.Users),
-		"-f", cfg.Script, "--log", "--log-prefix=" + filepath.Join(dir, "tx"), cfg.DatabaseURL}
+		"-f", script, "--log", "--log-prefix=" + filepath.Join(dir, "tx"), cfg.DatabaseURL}
 	cmd := exec.CommandContext(ctx, cfg.Path, args...)
 	var buf bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &buf, &buf
@@ -95,7 +110,7 @@ func runPgbench(ctx context.Context, cfg PgbenchConfig, clients int, d time.Dura
 	if err != nil {
 		return Ceiling{}, err
 	}
-	return Ceiling{Clients: clients, Duration: d, TPS: tps, Failed: failed, Latency: Summarise(lat), Usage: usage,
+	return Ceiling{Script: script, Clients: clients, Duration: d, TPS: tps, Failed: failed, Latency: Summarise(lat), Usage: usage,
 		Command: cfg.Path + " " + strings.Join(args[:len(args)-3], " ") + " DB"}, nil
 }
 

@@ -23,6 +23,10 @@ type User struct {
 	// request will make it accept): no code at or below it is ever sent as a
 	// login that should succeed.
 	last int64
+	// unconfirmed: last was reserved by a login whose acceptance is not known
+	// yet, or never was (an error, or a request cut off at the end of a
+	// phase): its code is no replay until a later login succeeds.
+	unconfirmed bool
 	// failures counts the wrong codes the tool sent since the last success, so
 	// the mixed scenario never locks anyone out.
 	failures int
@@ -105,7 +109,7 @@ func (p *Partition) TakeLogin(now time.Time) (u *User, code string, ok bool) {
 				accepted = t
 			}
 		}
-		u.last = accepted
+		u.last, u.unconfirmed = accepted, true
 		return u, code, true
 	}
 	return nil, "", false
@@ -115,6 +119,14 @@ func (p *Partition) TakeLogin(now time.Time) (u *User, code string, ok bool) {
 func (p *Partition) Succeeded(u *User) {
 	p.mu.Lock()
 	u.failures = 0
+	p.mu.Unlock()
+}
+
+// AcceptedTOTP is Succeeded after a TOTP login: the step TakeLogin reserved
+// is now known to be used, so its code is a replay.
+func (p *Partition) AcceptedTOTP(u *User) {
+	p.mu.Lock()
+	u.failures, u.unconfirmed = 0, false
 	p.mu.Unlock()
 }
 
@@ -160,7 +172,7 @@ func (p *Partition) TakeFailure(now time.Time, replay bool) (u *User, code strin
 	for range p.users {
 		u := p.users[p.nextFails%len(p.users)]
 		p.nextFails++
-		if u.failures >= 2 || (replay && u.last == 0) {
+		if u.failures >= 2 || (replay && (u.last == 0 || u.unconfirmed)) {
 			continue
 		}
 		u.failures++

@@ -122,7 +122,7 @@ func lag(ctx context.Context, c *Client, pool *Pool, rate int, d time.Duration, 
 				errs.Add(r.Kind())
 				return
 			}
-			part.Succeeded(u)
+			part.AcceptedTOTP(u)
 			commands.Add(1)
 			cmds.Add(r.Latency)
 			committed := time.Now()
@@ -149,6 +149,42 @@ func lag(ctx context.Context, c *Client, pool *Pool, rate int, d time.Duration, 
 		NotVisible: notVisible.Map(), Errors: errs.Map(), Achieved: float64(commands.Load()) / took.Seconds(),
 		Usage: probe.stop(),
 	}
+}
+
+// IdleResult is what PostgreSQL did for the server's database while no
+// request arrived: the cost of consumers waiting for events.
+type IdleResult struct {
+	Duration time.Duration `json:"duration_ns"`
+	// Transactions committed or rolled back in the database (pg_stat_database),
+	// less the one the measurement itself made.
+	Transactions int64 `json:"transactions"`
+	Consumers    int   `json:"consumers"`
+	// ConsumersFrom says where Consumers comes from.
+	ConsumersFrom        string  `json:"consumers_from"`
+	PerSecondPerConsumer float64 `json:"transactions_per_second_per_consumer"`
+	Usage                Usage   `json:"usage"`
+}
+
+// idle counts the database's transactions over d without a request. The
+// start reading is itself a transaction of the database, which its backend
+// reports within the window (the end reading's own is not yet counted in what
+// it reads): one is taken off. Autovacuum's transactions in the database count
+// too, like any other.
+func idle(ctx context.Context, d time.Duration, consumers int, from string, m meter) IdleResult {
+	// What the tool's own queries before (the wait for the consumers) left
+	// unreported is reported within the stats delay: wait it out first.
+	sleepUntil(ctx, time.Now().Add(m.statsDelay))
+	probe := m.start()
+	sleepUntil(ctx, probe.start.Add(d))
+	u := probe.stop()
+	r := IdleResult{Duration: u.DBWall, Consumers: consumers, ConsumersFrom: from, Usage: u}
+	if u.DB != nil {
+		r.Transactions = max(0, u.DB.Transactions-1)
+		if consumers > 0 && u.DBWall > 0 {
+			r.PerSecondPerConsumer = float64(r.Transactions) / u.DBWall.Seconds() / float64(consumers)
+		}
+	}
+	return r
 }
 
 // NotifierResult is the notifier's delivery rate to the loopback SMTP sink.

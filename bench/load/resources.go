@@ -156,8 +156,11 @@ type Usage struct {
 	PeakRSS   int64 `json:"server_peak_rss_bytes"`
 	RSS       int64 `json:"server_rss_bytes"`
 	PeakReset bool  `json:"peak_reset"`
-	// DB is the work of the measured database (pg_stat_database), when known.
-	DB *DBWork `json:"db,omitempty"`
+	// DB is the work of the measured database (pg_stat_database), when known,
+	// counted between two readings DBWall apart (the second one waits for the
+	// backends to report, so DBWall is longer than Wall).
+	DB     *DBWork       `json:"db,omitempty"`
+	DBWall time.Duration `json:"db_wall_ns,omitempty"`
 }
 
 // DBWork is what PostgreSQL counted for one database during a phase
@@ -226,9 +229,12 @@ func (p *usageProbe) stop() Usage {
 		u.Tool = 0
 	}
 	if p.dbOK {
-		// Backends report their counts when idle, at most once a second.
+		// Backends report their counts when idle, at most once a second, and
+		// those held back then within 10 s (Config.DBStatsDelay); pgbench's
+		// report theirs as they exit.
 		time.Sleep(p.statsDelay)
 		if end, ok := dbWork(context.Background(), p.db); ok {
+			u.DBWall = time.Since(p.start)
 			u.DB = &DBWork{
 				Transactions: end.Transactions - p.dbStart.Transactions, RowsReturned: end.RowsReturned - p.dbStart.RowsReturned,
 				RowsFetched: end.RowsFetched - p.dbStart.RowsFetched, RowsInserted: end.RowsInserted - p.dbStart.RowsInserted,

@@ -1,6 +1,8 @@
 // Package load drives the HTTP API of a running twofactord with concurrent
-// virtual users and measures it against the pgbench ceiling of the same
-// PostgreSQL: the library behind cmd/twofactor-bench (see BENCHMARKS.md).
+// virtual users and measures it against two pgbench ceilings of the same
+// PostgreSQL (the least a replay-safe TOTP check must do, and the service's
+// own transaction shape): the library behind cmd/twofactor-bench (see
+// BENCHMARKS.md).
 //
 // Every login it sends is one the server accepts: each virtual user owns a
 // pool of users it enrolled itself through the API, computes their TOTP codes
@@ -57,7 +59,7 @@ type Config struct {
 	// ServerPID is the twofactord process, for its CPU time and peak RSS (0: unknown).
 	ServerPID int
 
-	// Pgbench, when set, measures the ceiling first (for Duration) and, with
+	// Pgbench, when set, measures the ceilings first (for Duration) and, with
 	// PairedCeiling, again right before each scenario: on a machine shared
 	// with other work, a scenario is then compared with what PostgreSQL did a
 	// moment before, not minutes before.
@@ -75,6 +77,13 @@ type Config struct {
 	LagRate     int
 	LagDuration time.Duration
 
+	// IdleDuration, with DatabaseURL, measures the transactions PostgreSQL
+	// runs for the server's database while no request arrives (0: skip).
+	IdleDuration time.Duration
+	// Consumers is the number of consumers the idle transactions are divided
+	// by; 0: the consumer groups in the server's database (see consumerCount).
+	Consumers int
+
 	// Sink, when set, is where the server sends email: the notifier phase
 	// makes NotifierLogins backup logins while it holds connections for NotifierHold.
 	Sink           *Sink
@@ -88,7 +97,10 @@ type Config struct {
 	// (the profiling benchmark starts and stops the CPU profile there).
 	BeforeScenario, AfterScenario func(name string)
 
-	// Extra rows for the report (measured outside the tool, e.g. the rebuild).
+	// Rebuild is the rebuild benchmark's result (measured outside the tool,
+	// by bench/run.sh), for the targets; nil: not measured.
+	Rebuild *Rebuild
+	// Extra rows for the report (measured outside the tool).
 	Extra []Extra
 	// Log receives progress lines (nil: discarded).
 	Log io.Writer
@@ -98,7 +110,11 @@ type Config struct {
 	// (default 3 minutes; negative: no wait, as in the tests).
 	QuiesceLimit time.Duration
 	// DBStatsDelay is how long a phase's end waits before reading the
-	// database's counters, which backends report within a second (default 1.1 s).
+	// database's counters (default 10.5 s): a backend reports them when it
+	// goes idle, at most once a second, and what it could not report then
+	// after 10 s of idleness (PostgreSQL 15's PGSTAT_IDLE_INTERVAL), so the
+	// last second of a phase would otherwise count in the next one (above
+	// all in the idle measurement, which follows a busy phase).
 	DBStatsDelay time.Duration
 
 	meter meter
@@ -118,6 +134,12 @@ func (m meter) start() *usageProbe {
 	return p
 }
 
+// Rebuild is the read model's rebuild throughput (projections.BenchmarkRebuild).
+type Rebuild struct {
+	EventsPerSecond float64 `json:"events_per_second"`
+	Detail          string  `json:"detail,omitempty"`
+}
+
 // Extra is a measurement the runner script made beside the tool.
 type Extra struct {
 	Name   string `json:"name"`
@@ -127,16 +149,23 @@ type Extra struct {
 
 // Report is everything one run measured.
 type Report struct {
-	Started     time.Time       `json:"started"`
-	API         string          `json:"api"`
-	Concurrency int             `json:"concurrency"`
-	Users       int             `json:"users"`
-	Ceiling     *Ceiling        `json:"ceiling,omitempty"`
-	Setup       Result          `json:"setup"`
-	Scenarios   []Result        `json:"scenarios"`
-	Lag         *LagResult      `json:"lag,omitempty"`
-	Notifier    *NotifierResult `json:"notifier,omitempty"`
-	Growth      []GrowthResult  `json:"growth,omitempty"`
+	Started     time.Time `json:"started"`
+	API         string    `json:"api"`
+	Concurrency int       `json:"concurrency"`
+	Users       int       `json:"users"`
+	// Minimal is the minimal ceiling (bench/minimal.sql), Ceiling the
+	// own-shape one (bench/command.sql), both run before everything.
+	Minimal   *Ceiling    `json:"minimal_ceiling,omitempty"`
+	Ceiling   *Ceiling    `json:"ceiling,omitempty"`
+	Setup     Result      `json:"setup"`
+	Scenarios []Result    `json:"scenarios"`
+	Lag       *LagResult  `json:"lag,omitempty"`
+	Idle      *IdleResult `json:"idle,omitempty"`
+	Rebuild   *Rebuild    `json:"rebuild,omitempty"`
+	// Targets is CheckTargets at the end of the run.
+	Targets  []Target        `json:"targets,omitempty"`
+	Notifier *NotifierResult `json:"notifier,omitempty"`
+	Growth   []GrowthResult  `json:"growth,omitempty"`
 	// GrowthAppended events were written directly in GrowthAppend.
 	GrowthAppended int64         `json:"growth_appended"`
 	GrowthAppend   time.Duration `json:"growth_append_ns"`
@@ -166,7 +195,7 @@ func (c *Config) defaults() error {
 		c.QuiesceLimit = 3 * time.Minute
 	}
 	if c.DBStatsDelay <= 0 {
-		c.DBStatsDelay = 1100 * time.Millisecond
+		c.DBStatsDelay = 10500 * time.Millisecond
 	}
 	if c.NotifierQuiet <= 0 {
 		c.NotifierQuiet = 2 * time.Second
@@ -199,7 +228,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err := waitReady(ctx, cfg.API); err != nil {
 		return nil, err
 	}
-	rep := &Report{Started: time.Now().UTC(), API: cfg.API, Concurrency: cfg.Concurrency, Extra: cfg.Extra}
+	rep := &Report{Started: time.Now().UTC(), API: cfg.API, Concurrency: cfg.Concurrency, Extra: cfg.Extra, Rebuild: cfg.Rebuild}
 	cfg.meter = meter{pid: cfg.ServerPID, statsDelay: cfg.DBStatsDelay}
 	if cfg.DatabaseURL != "" {
 		db, err := pgxpool.New(ctx, cfg.DatabaseURL)
@@ -211,13 +240,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 
 	if cfg.Pgbench != nil {
-		cfg.logf("ceiling: pgbench, %d clients, %v", cfg.Concurrency, cfg.Duration)
-		c, err := runPgbench(ctx, *cfg.Pgbench, cfg.Concurrency, cfg.Duration, cfg.ServerPID)
-		if err != nil {
+		var err error
+		if rep.Minimal, rep.Ceiling, err = cfg.ceilings(ctx, cfg.Duration, ""); err != nil {
 			return nil, err
 		}
-		rep.Ceiling = &c
-		cfg.logf("ceiling: %.0f tps", c.TPS)
 	}
 
 	pool := NewPool(cfg.Concurrency)
@@ -236,14 +262,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 	for _, name := range cfg.Scenarios {
 		cfg.logf("scenario %s: %d virtual users, %v", name, cfg.Concurrency, cfg.Duration)
-		var paired *Ceiling
+		var paired, pairedMinimal *Ceiling
 		if cfg.Pgbench != nil && cfg.PairedCeiling > 0 {
-			c, err := runPgbench(ctx, *cfg.Pgbench, cfg.Concurrency, cfg.PairedCeiling, cfg.ServerPID)
-			if err != nil {
+			var err error
+			if pairedMinimal, paired, err = cfg.ceilings(ctx, cfg.PairedCeiling, " before "+name); err != nil {
 				return nil, err
 			}
-			paired = &c
-			cfg.logf("ceiling before %s: %.0f tps", name, c.TPS)
 			cfg.quiesce(ctx)
 		}
 		switch name {
@@ -259,7 +283,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		if cfg.AfterScenario != nil {
 			cfg.AfterScenario(name)
 		}
-		r.Ceiling = paired
+		r.Ceiling, r.Minimal = paired, pairedMinimal
 		rep.Scenarios = append(rep.Scenarios, r)
 		cfg.logf("scenario %s: %.0f req/s, p50 %s ms, p99 %s ms, errors: %s", name, r.RequestRate(), ms(r.Latency.P50), ms(r.Latency.P99), FormatCounts(r.Errors))
 		cfg.quiesce(ctx)
@@ -272,6 +296,14 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		rep.Lag = &l
 		cfg.logf("read side: lag p50 %s ms, p99 %s ms over %d commands", ms(l.Lag.P50), ms(l.Lag.P99), l.Commands)
 		cfg.quiesce(ctx)
+	}
+
+	if cfg.meter.db != nil && cfg.IdleDuration > 0 {
+		n, from := cfg.consumerCount(ctx)
+		cfg.logf("idle: PostgreSQL transactions of the server's database over %v without requests (%d consumers, %s)", cfg.IdleDuration, n, from)
+		i := idle(ctx, cfg.IdleDuration, n, from, cfg.meter)
+		rep.Idle = &i
+		cfg.logf("idle: %d transactions, %.2f per second per consumer", i.Transactions, i.PerSecondPerConsumer)
 	}
 
 	if cfg.Sink != nil && cfg.NotifierLogins > 0 {
@@ -303,7 +335,47 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			cfg.logf("growth: errors: %s", FormatCounts(errs))
 		}
 	}
+	rep.Targets = rep.CheckTargets()
 	return rep, ctx.Err()
+}
+
+// ceilings runs the minimal ceiling (when configured) and then the own-shape
+// one, each for d.
+func (c *Config) ceilings(ctx context.Context, d time.Duration, when string) (minimal, own *Ceiling, err error) {
+	pg := *c.Pgbench
+	if pg.MinimalScript != "" {
+		c.logf("minimal ceiling%s: pgbench %s, %d clients, %v", when, pg.MinimalScript, c.Concurrency, d)
+		m, err := runPgbench(ctx, pg, pg.MinimalScript, c.Concurrency, d, c.ServerPID)
+		if err != nil {
+			return nil, nil, err
+		}
+		minimal = &m
+		c.logf("minimal ceiling%s: %.0f tps, %s ms of PostgreSQL CPU per transaction", when, m.TPS, ms(m.PGCPUPerTxn()))
+	}
+	c.logf("own-shape ceiling%s: pgbench %s, %d clients, %v", when, pg.Script, c.Concurrency, d)
+	o, err := runPgbench(ctx, pg, pg.Script, c.Concurrency, d, c.ServerPID)
+	if err != nil {
+		return nil, nil, err
+	}
+	c.logf("own-shape ceiling%s: %.0f tps", when, o.TPS)
+	return minimal, &o, nil
+}
+
+// consumerCount is the number of consumers the idle transactions are divided
+// by, and where it comes from: Consumers when set, otherwise the consumer
+// groups that acknowledged messages in the server's database (watermill-sql's
+// offsets table), otherwise the two that `twofactord serve` runs (the
+// user_status projector and the notifier, cmd/twofactord/serve.go).
+func (c *Config) consumerCount(ctx context.Context) (int, string) {
+	if c.Consumers > 0 {
+		return c.Consumers, "as configured"
+	}
+	var n int
+	err := c.meter.db.QueryRow(ctx, `SELECT count(DISTINCT consumer_group) FROM watermill_offsets_twofactor_events`).Scan(&n)
+	if err == nil && n > 0 {
+		return n, "consumer groups in watermill_offsets_twofactor_events"
+	}
+	return 2, "twofactord serve's projector and notifier"
 }
 
 // expectedRate guesses a login scenario's request rate from the scenarios

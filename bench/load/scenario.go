@@ -80,8 +80,29 @@ type Result struct {
 	ByOp        map[string]LatencySummary `json:"latency_by_op"`
 	PoolWait    time.Duration             `json:"pool_wait_ns"`
 	Usage       Usage                     `json:"usage"`
-	// Ceiling is pgbench's run right before this scenario, when paired.
+	// Ceiling and Minimal are pgbench's runs of the own-shape and of the
+	// minimal script right before this scenario, when paired.
 	Ceiling *Ceiling `json:"paired_ceiling,omitempty"`
+	Minimal *Ceiling `json:"paired_minimal_ceiling,omitempty"`
+}
+
+// CPUPerRequest is the CPU the server process and PostgreSQL spent per
+// request of the scenario (zero when unknown).
+func (r Result) CPUPerRequest() (server, postgres time.Duration) {
+	if r.Requests <= 0 {
+		return 0, 0
+	}
+	return r.Usage.Server / time.Duration(r.Requests), r.Usage.Postgres / time.Duration(r.Requests)
+}
+
+// TransactionsPerRequest is PostgreSQL's committed and rolled back
+// transactions of the server's database per request (pg_stat_database),
+// including the consumers' work the requests caused; -1 when not measured.
+func (r Result) TransactionsPerRequest() float64 {
+	if r.Usage.DB == nil || r.Requests <= 0 {
+		return -1
+	}
+	return float64(r.Usage.DB.Transactions) / float64(r.Requests)
 }
 
 // RequestRate is completed requests per second (accepted and expected failures).
@@ -173,7 +194,7 @@ func login(ctx context.Context, c *Client, part *Partition, s *Scenario) {
 	s.record("verify totp", r)
 	s.ops.Add(1)
 	if r.OK() {
-		part.Succeeded(u)
+		part.AcceptedTOTP(u)
 	}
 }
 

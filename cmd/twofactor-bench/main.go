@@ -1,6 +1,7 @@
 // Command twofactor-bench drives the HTTP API of a running twofactord with
 // concurrent virtual users and compares it with what PostgreSQL alone does
-// (pgbench, bench/command.sql). bench/run.sh sets everything up and runs it;
+// (pgbench: bench/minimal.sql, the least a replay-safe TOTP check must do, and
+// bench/command.sql, the service's own transaction shape). bench/run.sh sets everything up and runs it;
 // BENCHMARKS.md explains the figures.
 //
 //	twofactor-bench --api http://127.0.0.1:18080 --tenant tenant.json --concurrency 16 --duration 20s \
@@ -81,14 +82,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	pid := fs.Int("server-pid", 0, "process id of `twofactord serve`, for its CPU time and peak RSS")
 	pgbench := fs.String("pgbench", "pgbench", "pgbench binary")
 	pgbenchDB := fs.String("pgbench-db", "", "scratch database seeded by bench/seed.sql for the ceiling (empty: no ceiling)")
-	pgbenchScript := fs.String("pgbench-script", "bench/command.sql", "pgbench script of the command-shaped transaction")
+	pgbenchScript := fs.String("pgbench-script", "bench/command.sql", "pgbench script of the service's own transaction shape")
+	minimalScript := fs.String("minimal-script", "bench/minimal.sql", "pgbench script of the minimal replay-safe TOTP check (empty: not run)")
 	pgbenchUsers := fs.Int("pgbench-users", 250, "users per client seeded by bench/seed.sql")
-	paired := fs.Duration("paired-ceiling", 0, "also run pgbench for this long right before each scenario and compare the scenario with it (0: only the first run)")
+	paired := fs.Duration("paired-ceiling", 0, "also run both pgbench scripts for this long right before each scenario and compare the scenario with them (0: only the first run)")
 	dbURL := fs.String("database-url", "", "the server's database, for the growth measurement (empty: skipped)")
 	growthLengths := fs.String("growth-lengths", "10,1000,10000", "stream lengths of the growth measurement")
 	growthUsers := fs.Int("growth-users", 20, "users per stream length")
 	lagRate := fs.Int("lag-rate", 200, "commands per second of the read-side lag measurement (0: skipped)")
 	lagDuration := fs.Duration("lag-duration", 20*time.Second, "length of the lag measurement")
+	idleFor := fs.Duration("idle", 10*time.Second, "with --database-url, count the database's transactions for this long without requests (0: skipped)")
+	consumers := fs.Int("consumers", 0, "consumers the idle transactions are divided by (0: the consumer groups in the server's database)")
+	rebuildRate := fs.Float64("rebuild-rate", 0, "events/s of the rebuild benchmark run beside the tool, for the targets (0: not measured)")
+	rebuildDetail := fs.String("rebuild-detail", "", "what the rebuild benchmark printed about its run")
 	smtpListen := fs.String("smtp-listen", "", "address of the loopback SMTP sink the server sends to (empty: no notifier measurement)")
 	notifierLogins := fs.Int("notifier-logins", 2000, "backup logins of the notifier measurement")
 	notifierHold := fs.Duration("notifier-hold", 8*time.Second, "how long the sink holds connections while the backlog builds (under the server's 15 s SMTP connect timeout)")
@@ -116,7 +122,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		API: *api, Tenant: tenant, Concurrency: *conc, Duration: *duration, UsersPerVU: *usersPerVU, ServerPID: *pid,
 		DatabaseURL: *dbURL, GrowthLengths: lengths, GrowthUsers: *growthUsers,
 		LagRate: *lagRate, LagDuration: *lagDuration, NotifierLogins: *notifierLogins, NotifierHold: *notifierHold,
+		IdleDuration: *idleFor, Consumers: *consumers,
 		Extra: extra, Log: stderr, PairedCeiling: *paired,
+	}
+	if *rebuildRate > 0 {
+		cfg.Rebuild = &load.Rebuild{EventsPerSecond: *rebuildRate, Detail: *rebuildDetail}
 	}
 	for _, s := range strings.Split(*scenarios, ",") {
 		if s = strings.TrimSpace(s); s != "" {
@@ -124,7 +134,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	if *pgbenchDB != "" {
-		cfg.Pgbench = &load.PgbenchConfig{Path: *pgbench, DatabaseURL: *pgbenchDB, Script: *pgbenchScript, Users: *pgbenchUsers}
+		cfg.Pgbench = &load.PgbenchConfig{Path: *pgbench, DatabaseURL: *pgbenchDB, Script: *pgbenchScript, MinimalScript: *minimalScript, Users: *pgbenchUsers}
 	}
 	if *smtpListen != "" {
 		sink, err := load.StartSink(*smtpListen)
