@@ -264,7 +264,7 @@ func TestStartupChecksKeysOfADatabaseFromBeforeKeyChecks(t *testing.T) {
 	}
 	refused(t, w.pool, w.bin, withEnv(w.env, "TWOFACTOR_MASTER_KEYS="+newMasterKey(t, "k1")), []string{"serve"},
 		"TWOFACTOR_MASTER_KEYS", `the key given for id "k1"`)
-	// Without a fingerprint, snapshots (saved every 100 events of a stream, so
+	// Without a fingerprint, snapshots (saved every commands.DefaultSnapshotEvery (20) events of a stream, so
 	// made here by hand) carry the only MACs under the code key that can be
 	// recomputed; backup codes are stored as MACs of codes nobody knows.
 	codeKey, err := base64.StdEncoding.DecodeString(envValue(w.env, "TWOFACTOR_CODE_KEY"))
