@@ -113,19 +113,26 @@ func chart(c coverage) []bar {
 }
 
 type userView struct {
-	S     userStatus
-	Admin bool
-	Super bool
+	S       userStatus
+	Unknown bool
+	Admin   bool
+	Super   bool
 }
 
 func (u *UI) userPage(w http.ResponseWriter, r *http.Request, se *session) {
 	id := r.PathValue("id")
 	var s userStatus
+	unknown := false
 	if err := u.api.do(r.Context(), u.as(se), http.MethodGet, userPath(id), nil, nil, "", &s); err != nil {
-		u.render(w, r, se, http.StatusNotFound, "error", "User", errorPage{Message: explain(err)})
-		return
+		// A user the service has never seen has no history yet; an admin may
+		// still require 2FA of them before their first sign-in.
+		if p := asProblem(err); p == nil || p.Status != http.StatusNotFound || !validID(id) {
+			u.render(w, r, se, http.StatusNotFound, "error", "User", errorPage{Message: explain(err)})
+			return
+		}
+		s, unknown = userStatus{UserID: id, Status: "not_activated"}, true
 	}
-	u.render(w, r, se, http.StatusOK, "user", "User "+id, userView{S: s, Admin: se.role != "auditor", Super: se.role == "superadmin"})
+	u.render(w, r, se, http.StatusOK, "user", "User "+id, userView{S: s, Unknown: unknown, Admin: se.role != "auditor", Super: se.role == "superadmin"})
 }
 
 // userAction runs one admin action on a user; the API enforces who may.
@@ -252,7 +259,8 @@ func (u *UI) savePolicy(w http.ResponseWriter, r *http.Request, se *session) {
 		raw := strings.TrimSpace(r.PostForm.Get(f.Name))
 		switch {
 		case f.Kind == "bool":
-			val = raw == "true"
+			// A hidden "false" precedes the checkbox, so an unticked box is sent too.
+			val = has(r.PostForm[f.Name], "true")
 		case f.Kind == "int" || f.Name == "totp_digits":
 			n, err := strconv.Atoi(raw)
 			if err != nil {
