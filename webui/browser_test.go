@@ -1,6 +1,7 @@
 package webui_test
 
 import (
+	"context"
 	"fmt"
 	"net/url"
 	"os"
@@ -10,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/emulation"
+	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 	"github.com/pquerna/otp/totp"
 )
@@ -55,7 +58,9 @@ func emailCodes(t *testing.T, s *stack) {
 		t.Fatalf("the policy editor shows %q after saving 9", v)
 	}
 
+	// Bob's browser runs no JavaScript: the core flows work without it.
 	p := s.person(t)
+	p.run("no JavaScript", emulation.SetScriptExecutionDisabled(true))
 	p.signIn("Beta", "user", "bob")
 	p.follow("Turn on two-factor authentication")
 	p.fill("email", "bob@example.test")
@@ -182,6 +187,20 @@ func adminAndAuditor(t *testing.T, s *stack) {
 	carol.sees("Signed in with email code.")
 	carol.signOut()
 
+	// Back to the app: carol verifies with her emailed code, then sets it up.
+	admin.open("/ui/admin/users/carol")
+	admin.selectOption("to", "totp")
+	admin.press("Switch method")
+	admin.sees("carol sets up an authenticator app at their next login.")
+	carol.signIn("Gamma", "user", "carol")
+	carol.sees("Your administrator switched you to an authenticator app")
+	carol.fill("code", codeIn(t, s.box.await(t, "carol@example.test", "sign-in code", 2)))
+	carol.press("Verify")
+	carol.sees("set it up now")
+	carol.notSees("Email codes")
+	enrolApp(t, carol, true)
+	carol.signOut()
+
 	// Dave enrols again after the reset.
 	dave.signIn("Gamma", "user", "dave")
 	dave.sees("Your account needs two-factor authentication")
@@ -255,6 +274,16 @@ func enrolAndLogIn(t *testing.T, s *stack) {
 	p := s.person(t)
 	p.signInNew("Acme", "user", "alice")
 	p.sees("Your account security", "Off")
+	// The browser holds one cookie: a session id no script can read, not sent
+	// by cross-site form posts.
+	var cookies []*network.Cookie
+	p.run("cookies", chromedp.ActionFunc(func(ctx context.Context) (err error) {
+		cookies, err = network.GetCookies().Do(ctx)
+		return err
+	}))
+	if len(cookies) != 1 || !cookies[0].HTTPOnly || cookies[0].SameSite != network.CookieSameSiteLax || strings.Contains(cookies[0].Value, "tfk_") {
+		t.Fatalf("cookies: %+v", cookies)
+	}
 	p.follow("Turn on two-factor authentication")
 	p.press("Set up the app")
 	p.sees("Scan this QR code", "Test the token and activate")

@@ -318,7 +318,7 @@ func (p *page) screenshot(name string, width int64) {
 	var buf []byte
 	p.run("screenshot "+name,
 		emulation.SetDeviceMetricsOverride(width, 800, 1, width < 500),
-		chromedp.FullScreenshot(&buf, 100), // 100: PNG (below: JPEG)
+		chromedp.CaptureScreenshot(&buf), // the viewport, as PNG
 		emulation.ClearDeviceMetricsOverride())
 	if err := os.WriteFile(filepath.Join(p.s.shots, name+".png"), buf, 0o644); err != nil {
 		p.t.Fatal(err)

@@ -286,20 +286,26 @@ func (u *UI) verify(w http.ResponseWriter, r *http.Request, se *session) {
 		map[string]any{"method": method, "code": code}, r.PostForm.Get("idem"), &v)
 	if err != nil {
 		se.flashErr = explain(err)
-		if p := asProblem(err); p != nil && p.Code == "locked" && se.ch != nil {
-			se.ch.LockedUntil = p.LockedUntil
+		if p := asProblem(err); p != nil && se.ch != nil {
+			switch {
+			case p.Code == "locked":
+				se.ch.LockedUntil = p.LockedUntil
+			case p.AttemptsRemaining != nil:
+				se.ch.AttemptsRemaining = *p.AttemptsRemaining
+			}
 		}
 		redirect(w, r, back)
 		return
 	}
-	setupApp := se.ch != nil && se.ch.SetupAppAtNextLogin
+	ch := se.ch
 	se.ch = nil
-	switch {
+	switch setupApp := ch != nil && ch.SetupAppAtNextLogin; {
 	case v.TwoFactorDisabled:
 		se.stage = stageSignedIn
 		se.flash = "You signed in with a backup code. Your organisation switches two-factor authentication off after that: set it up again now."
 		redirect(w, r, Prefix+"enrol")
 	case setupApp:
+		se.ch = ch // the enrolment page offers the app only
 		se.flash = "Verified. Your administrator switched you to an authenticator app: set it up now."
 		redirect(w, r, Prefix+"enrol")
 	default:
@@ -319,10 +325,19 @@ type enrolView struct {
 	CanDisable bool
 	Prompt     bool // at a login's enrolment prompt (not yet signed in)
 	SetupApp   bool
+	Email, SMS bool // allowed by the tenant
 }
 
 func (u *UI) enrolPage(w http.ResponseWriter, r *http.Request, se *session) {
-	v := enrolView{Enrol: se.enrol, OTP: se.otpEnrol, OTPDest: se.otpDest, Prompt: se.stage != stageSignedIn}
+	v := enrolView{Enrol: se.enrol, OTP: se.otpEnrol, OTPDest: se.otpDest, Prompt: se.stage != stageSignedIn, Email: true, SMS: true}
+	// Offer only the methods the tenant's policy allows.
+	var pol struct {
+		Email *bool `json:"email_otp_allowed"`
+		SMS   *bool `json:"sms_otp_allowed"`
+	}
+	if err := u.api.do(r.Context(), u.as(se), http.MethodGet, "/v1/policy", nil, nil, "", &pol); err == nil && pol.Email != nil && pol.SMS != nil {
+		v.Email, v.SMS = *pol.Email, *pol.SMS
+	}
 	if se.ch != nil {
 		v.CanDisable = se.ch.CanDisable && v.Prompt
 		v.SetupApp = se.ch.SetupAppAtNextLogin
