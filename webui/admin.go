@@ -2,6 +2,7 @@ package webui
 
 import (
 	"fmt"
+	"html/template"
 	"math"
 	"net/http"
 	"net/url"
@@ -26,8 +27,8 @@ func (u *UI) adminRoutes(m *http.ServeMux) {
 
 type usersView struct {
 	Users    []userStatus
-	Next     string // query of the next page
-	First    string // query of the first page (shown when not on it)
+	Next     template.URL // the next page (a query the template must not escape again)
+	First    template.URL // the first page, shown when not on it
 	Filter   url.Values
 	Coverage *coverage
 	Chart    []bar
@@ -43,14 +44,21 @@ type bar struct {
 }
 
 // listFilters are the query parameters the users list passes on to the API.
-var listFilters = []string{"status", "method", "required", "low_backup_codes", "locked"}
+var listFilters = []string{"status", "method", "required", "low_backup_codes", "locked", "per_page"}
 
 func (u *UI) usersPage(w http.ResponseWriter, r *http.Request, se *session) {
-	q := url.Values{"limit": {"20"}}
+	// per_page (1–200, default 20) sets the page size; keyset pages follow the API's next_cursor.
+	per := 20
+	if n, err := strconv.Atoi(r.URL.Query().Get("per_page")); err == nil && n >= 1 && n <= 200 {
+		per = n
+	}
+	q := url.Values{"limit": {strconv.Itoa(per)}}
 	filter := url.Values{}
 	for _, k := range listFilters {
 		if v := r.URL.Query().Get(k); v != "" {
-			q.Set(k, v)
+			if k != "per_page" {
+				q.Set(k, v)
+			}
 			filter.Set(k, v)
 		}
 	}
@@ -74,13 +82,10 @@ func (u *UI) usersPage(w http.ResponseWriter, r *http.Request, se *session) {
 			n[k] = vs
 		}
 		n.Set("cursor", page.NextCursor)
-		v.Next = n.Encode()
+		v.Next = template.URL(Prefix + "admin/users?" + n.Encode())
 	}
 	if r.URL.Query().Get("cursor") != "" {
-		v.First = filter.Encode()
-		if v.First == "" {
-			v.First = "all=1"
-		}
+		v.First = template.URL(Prefix + "admin/users?" + filter.Encode())
 	}
 	var cov coverage
 	cq := url.Values{}

@@ -101,6 +101,10 @@ func emailCodes(t *testing.T, s *stack) {
 	p.press("I have saved my codes")
 	p.notSees("Only 9 backup codes left")
 	s.box.await(t, "bob@example.test", "New backup codes were generated", 1)
+	// Bob may toggle 2FA (the tenant's default): he switches it off.
+	p.press("Disable 2FA")
+	p.sees("Two-factor authentication is off, and your backup codes no longer work.", "Turn on two-factor authentication")
+	s.box.await(t, "bob@example.test", "Two-factor authentication is off", 1)
 }
 
 func adminAndAuditor(t *testing.T, s *stack) {
@@ -162,6 +166,17 @@ func adminAndAuditor(t *testing.T, s *stack) {
 	filter("activated", []string{"carol"}, []string{"dave", "erin"})
 	filter("locked", []string{"dave"}, []string{"carol", "erin"})
 	filter("not_activated", []string{"erin"}, []string{"carol", "dave"})
+	// Keyset pages, two users a page.
+	admin.open("/ui/admin/users?per_page=2")
+	first := admin.text("#users")
+	admin.follow("Next page")
+	second := admin.text("#users")
+	for _, u := range []string{"carol", "dave", "erin"} {
+		if strings.Contains(first, u) == strings.Contains(second, u) {
+			t.Fatalf("%s is not on exactly one page:\n%s\n---\n%s", u, first, second)
+		}
+	}
+	admin.sees("First page")
 
 	admin.open("/ui/admin/users?status=locked")
 	admin.follow("dave")
@@ -221,14 +236,14 @@ func adminAndAuditor(t *testing.T, s *stack) {
 	aud.fill("user", "dave")
 	aud.press("Show history")
 	aud.sees("History of dave", "TOTPEnrollmentStarted", "TwoFactorEnabled", "TwoFactorLocked", "by admin:ann", "TwoFactorUnlocked", "TwoFactorReset")
-	aud.screenshot("timeline-desktop", 1280)
-	aud.screenshot("timeline-phone", 375)
-	aud.fitsPhone()
 	aud.run("choose a moment", chromedp.SetAttributeValue("#at", "value", locked.Add(time.Second).Format("2006-01-02T15:04:05"), chromedp.ByQuery))
 	aud.press("Show state")
 	if got := aud.text("#state-status"); got != "Locked" {
 		t.Fatalf("dave's state while locked reads %q", got)
 	}
+	aud.screenshot("timeline-desktop", 1280)
+	aud.screenshot("timeline-phone", 375)
+	aud.fitsPhone()
 	aud.follow("Audit")
 	aud.press("Verify the chain")
 	aud.sees("Chain intact")
@@ -345,10 +360,25 @@ func enrolAndLogIn(t *testing.T, s *stack) {
 	p.press("Verify")
 	p.sees("Signed in with backup code. 9 backup codes left.")
 	p.sees("Backup codes left", "9")
+	// ...and sets up the app on the new phone: a new key, new backup codes.
+	p.press("Replace authenticator")
+	secret2 := secretOf(t, p.scanQR())
+	if secret2 == secret {
+		t.Fatal("replacing the authenticator showed the old key")
+	}
+	p.fill("code", codeAt(t, secret2, time.Now()))
+	p.press("Test token and activate")
+	p.sees("Your backup codes")
+	newCodes := strings.Fields(p.text("#codes"))
+	p.press("I have saved my codes")
+	p.sees("Backup codes left", "10")
 	p.signOut()
 	p.signIn("Acme", "user", "alice")
 	p.follow("Use backup code")
-	p.fill("code", codes[1])
+	p.fill("code", codes[2]) // the old set stopped working
 	p.press("Verify")
 	p.sees("Invalid code. 4 attempts left.") // a success reset the count
+	p.fill("code", newCodes[0])
+	p.press("Verify")
+	p.sees("Signed in with backup code. 9 backup codes left.")
 }
