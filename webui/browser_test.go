@@ -23,6 +23,7 @@ func TestBrowserJourneys(t *testing.T) {
 	s := startStack(t)
 	t.Run("enrol by the QR code, log in with app and backup codes", func(t *testing.T) { enrolAndLogIn(t, s) })
 	t.Run("email codes, the resend cooldown, the low-codes email, regeneration", func(t *testing.T) { emailCodes(t, s) })
+	t.Run("SMS codes and a second method as the default", func(t *testing.T) { smsCodes(t, s) })
 	t.Run("the admin console and the auditor's timeline", func(t *testing.T) { adminAndAuditor(t, s) })
 }
 
@@ -381,4 +382,44 @@ func enrolAndLogIn(t *testing.T, s *stack) {
 	p.fill("code", newCodes[0])
 	p.press("Verify")
 	p.sees("Signed in with backup code. 9 backup codes left.")
+}
+
+func smsCodes(t *testing.T, s *stack) {
+	const phone = "+14155550123"
+	p := s.person(t)
+	p.signInNew("Delta", "user", "sam")
+	p.follow("Turn on two-factor authentication")
+	p.fill("phone", phone)
+	p.press("Text me a code")
+	p.sees("We sent a code to " + phone)
+	p.fill("code", s.sms(t, phone, "setup_code", 1))
+	p.press("Confirm and activate")
+	p.sees("Your backup codes", "Text message (SMS) is on")
+	p.press("I have saved my codes")
+	p.sees("Text message (SMS) (default)")
+	p.signOut()
+
+	p.signIn("Delta", "user", "sam")
+	p.sees("We sent a code by text message", "Code from your text message")
+	p.press("Send a new code")
+	p.sees("A code was sent moments ago. You can ask for a new one in")
+	p.fill("code", s.sms(t, phone, "otp_code", 1))
+	p.press("Verify")
+	p.sees("Signed in with text message (sms).")
+
+	// A second method, the app, made the default.
+	p.press("Add an authenticator app")
+	secret := secretOf(t, p.scanQR())
+	p.fill("code", codeAt(t, secret, time.Now()))
+	p.press("Test token and activate")
+	if strings.Contains(p.text("h1"), "backup codes") {
+		p.press("I have saved my codes")
+	}
+	p.sees("Text message (SMS) (default)", "Authenticator app")
+	p.selectOption("default", "totp")
+	p.press("Save")
+	p.sees("Authenticator app is now your default method.", "Authenticator app (default)")
+	p.signOut()
+	p.signIn("Delta", "user", "sam")
+	p.sees("Code from your authenticator app", "Use text message (sms)")
 }

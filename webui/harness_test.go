@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -41,6 +42,7 @@ type stack struct {
 	box     *mailbox
 	browser context.Context
 	shots   string // where screenshots go
+	smsDir  string // the file sink's folder: text messages land here (no SMS provider)
 }
 
 // chromiumPath finds Debian's Chromium; the browser tests fail without it.
@@ -72,6 +74,7 @@ func startStack(t *testing.T) *stack {
 	code := make([]byte, 32)
 	_, _ = rand.Read(code)
 	addr := "127.0.0.1:" + freePort(t)
+	smsDir := t.TempDir()
 	env := []string{}
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "TWOFACTOR_") {
@@ -82,7 +85,7 @@ func startStack(t *testing.T) *stack {
 		"TWOFACTOR_CODE_KEY="+base64.StdEncoding.EncodeToString(code), "TWOFACTOR_WEB_UI=true",
 		"TWOFACTOR_SMTP_URL=smtp://"+box.addr+"?tls=none", "TWOFACTOR_MAIL_FROM=security@acme.test",
 		// The UI calls the API from one address, as a host product's backend does.
-		"TWOFACTOR_IP_RATE=-1", "TWOFACTOR_MAIL_DIR="+t.TempDir())
+		"TWOFACTOR_IP_RATE=-1", "TWOFACTOR_MAIL_DIR="+smsDir)
 	logs := &lockedBuffer{}
 	cmd := exec.Command(bin, "serve", "--http-addr", addr)
 	cmd.Env, cmd.Stdout, cmd.Stderr = env, logs, logs
@@ -137,7 +140,7 @@ func startStack(t *testing.T) *stack {
 			t.Fatal(err)
 		}
 	}
-	return &stack{base: base, box: box, browser: browser, shots: shots}
+	return &stack{base: base, box: box, browser: browser, shots: shots, smsDir: smsDir}
 }
 
 func freePort(t *testing.T) string {
@@ -500,4 +503,40 @@ func codeIn(t *testing.T, m email) string {
 		t.Fatalf("no code in %q:\n%s", m.Subject, m.Text)
 	}
 	return match[2]
+}
+
+// sms waits for the n-th text message (1-based, in order of writing) of this
+// notification kind to a number, as the file sink wrote it, and returns its code.
+func (s *stack) sms(t *testing.T, to, kind string, n int) string {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		entries, _ := os.ReadDir(s.smsDir)
+		type msg struct {
+			at   time.Time
+			body string
+		}
+		var found []msg
+		for _, e := range entries {
+			if !strings.HasSuffix(e.Name(), ".sms.txt") || !strings.Contains(e.Name(), "-"+kind+"-") {
+				continue
+			}
+			b, err := os.ReadFile(filepath.Join(s.smsDir, e.Name()))
+			info, ierr := e.Info()
+			if err != nil || ierr != nil || !strings.HasPrefix(string(b), "To: "+to+"\n") {
+				continue
+			}
+			found = append(found, msg{info.ModTime(), string(b)})
+		}
+		sort.Slice(found, func(i, j int) bool { return found[i].at.Before(found[j].at) })
+		if len(found) >= n {
+			// The text after the header (its ID line may hold digits too).
+			_, text, _ := strings.Cut(found[n-1].body, "\n\n")
+			return codeIn(t, email{Subject: kind, Text: text})
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no text message %d of kind %s to %s in %s", n, kind, to, s.smsDir)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
