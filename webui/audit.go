@@ -50,6 +50,7 @@ type timelineView struct {
 type timelineEntry struct {
 	When    string
 	Type    string
+	Label   string // what the event means, in words
 	Actor   string
 	Reason  string
 	Details []string
@@ -106,7 +107,7 @@ func jsonInt(n int64) string { b, _ := json.Marshal(n); return string(b) }
 // entryView shows an event's payload as key: value lines (the API already
 // redacted every sealed field).
 func entryView(e auditEntry) timelineEntry {
-	te := timelineEntry{When: e.RecordedAt.UTC().Format("2006-01-02 15:04:05 UTC"), Type: e.Type,
+	te := timelineEntry{When: e.RecordedAt.UTC().Format("2006-01-02 15:04:05 UTC"), Type: e.Type, Label: eventLabels[e.Type],
 		Actor: e.Actor.Kind + ":" + e.Actor.ID, Reason: e.Reason, Version: e.Version}
 	keys := make([]string, 0, len(e.Data))
 	for k := range e.Data {
@@ -122,4 +123,34 @@ func entryView(e auditEntry) timelineEntry {
 		te.Details = append(te.Details, k+": "+s)
 	}
 	return te
+}
+
+// eventLabels say in words what the stored event types mean; the type itself
+// is shown too, since auditors search and filter by it.
+var eventLabels = map[string]string{
+	"TOTPEnrollmentStarted":       "Started setting up an authenticator app",
+	"TOTPEnrollmentConfirmed":     "Confirmed the authenticator app with a first code",
+	"OTPMethodSetupStarted":       "Started setting up email or SMS codes",
+	"OTPMethodConfirmed":          "Confirmed email or SMS codes",
+	"TwoFactorEnabled":            "Two-factor authentication switched on",
+	"BackupCodesGenerated":        "Backup codes issued",
+	"BackupCodesRegenerated":      "Backup codes replaced by a new set",
+	"BackupCodeConsumed":          "Signed in with a backup code",
+	"BackupCodeCheckFailed":       "Wrong backup code",
+	"TOTPVerified":                "Verified with the authenticator app",
+	"TOTPCheckFailed":             "Wrong authenticator code",
+	"OTPChallengeIssued":          "Email or SMS code sent",
+	"OTPVerified":                 "Verified with an email or SMS code",
+	"OTPCheckFailed":              "Wrong email or SMS code",
+	"TwoFactorLocked":             "Locked after repeated wrong codes",
+	"TwoFactorUnlocked":           "Unlocked",
+	"DefaultMethodChanged":        "Default method changed",
+	"MethodRemoved":               "Method removed",
+	"MethodSwitched":              "Method switched",
+	"TwoFactorDisabled":           "Two-factor authentication switched off",
+	"TwoFactorReset":              "Reset: enrols again at the next login",
+	"TwoFactorRequirementChanged": `"Use 2FA" changed`,
+	"TogglePermissionChanged":     `"Can toggle 2FA" changed`,
+	"ContactAddressSet":           "Contact address set",
+	"UserForgotten":               "Erased: personal data made unreadable",
 }

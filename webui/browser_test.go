@@ -236,7 +236,8 @@ func adminAndAuditor(t *testing.T, s *stack) {
 	aud.follow("Audit")
 	aud.fill("user", "dave")
 	aud.press("Show history")
-	aud.sees("History of dave", "TOTPEnrollmentStarted", "TwoFactorEnabled", "TwoFactorLocked", "by admin:ann", "TwoFactorUnlocked", "TwoFactorReset")
+	aud.sees("History of dave", "TOTPEnrollmentStarted", "Two-factor authentication switched on", "TwoFactorEnabled",
+		"Locked after repeated wrong codes", "Unlocked by admin:ann", "Reset: enrols again at the next login by admin:ann")
 	aud.run("choose a moment", chromedp.SetAttributeValue("#at", "value", locked.Add(time.Second).Format("2006-01-02T15:04:05"), chromedp.ByQuery))
 	aud.press("Show state")
 	if got := aud.text("#state-status"); got != "Locked" {

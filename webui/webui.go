@@ -19,6 +19,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 //go:embed templates/*.html
@@ -328,7 +330,8 @@ func explain(err error) string {
 		return "The two-factor service is briefly unavailable. Try again in a moment."
 	}
 	if p.Detail != "" {
-		return strings.ToUpper(p.Detail[:1]) + p.Detail[1:] + "."
+		r, n := utf8.DecodeRuneInString(p.Detail)
+		return string(unicode.ToUpper(r)) + p.Detail[n:] + "."
 	}
 	return p.Title
 }
