@@ -75,6 +75,12 @@ func (s *sessions) start(w http.ResponseWriter, r *http.Request, tenant, user, r
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
+	// Sessions nobody comes back to are dropped here, at the next sign-in.
+	for id, x := range s.byID {
+		if now.After(x.expires) {
+			delete(s.byID, id)
+		}
+	}
 	if len(s.byID) >= maxSessions {
 		var oldest *session
 		for _, x := range s.byID {

@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 )
 
 func testUI(t *testing.T) *UI {
@@ -120,5 +121,20 @@ func TestPagesCarrySecurityHeaders(t *testing.T) {
 	}
 	if body := rec.Body.String(); !strings.Contains(body, "Demo:") || !strings.Contains(body, `name="role"`) {
 		t.Fatalf("sign-in page:\n%s", body)
+	}
+}
+
+func TestAnIdleSessionExpires(t *testing.T) {
+	u := testUI(t)
+	c, _ := signedIn(t, u)
+	req := httptest.NewRequest(http.MethodGet, "/ui/account", nil)
+	req.AddCookie(c)
+	start := time.Now()
+	u.sessions.now = func() time.Time { return start.Add(sessionTTL + time.Minute) }
+	if se := u.sessions.get(req); se != nil {
+		t.Fatal("a session idle for longer than its TTL was still valid")
+	}
+	if n := len(u.sessions.byID); n != 0 {
+		t.Fatalf("%d sessions kept", n)
 	}
 }
