@@ -229,6 +229,18 @@ func adminAndAuditor(t *testing.T, s *stack) {
 	erin.sees("You signed in without two-factor authentication.")
 	admin.open("/ui/admin/users/erin")
 	admin.sees("No (waived by the user)")
+	admin.check("I understand this cannot be undone")
+	admin.press("Erase user")
+	admin.sees("erin was erased")
+	if strings.Contains(admin.text("#users"), "erin") {
+		t.Fatalf("the list still shows erin:\n%s", admin.text("#users"))
+	}
+	admin.open("/ui/admin/users/carol")
+	admin.press("Disable 2FA")
+	admin.sees("2FA of carol is off; their backup codes no longer work.")
+	if got := admin.text("#status"); got != "Disabled" && got != "Not activated" {
+		t.Fatalf("carol's status after the admin's disable: %q", got)
+	}
 
 	// The auditor: dave's history, his state while locked, the chain's verdict.
 	aud := s.person(t)
