@@ -62,6 +62,8 @@ type Config struct {
 	// dead one had claimed (notifier.Config).
 	SendTimeout time.Duration
 	NotifyLease time.Duration
+	// WebUI serves the reference web UI under /ui/ (always on with --dev).
+	WebUI bool
 }
 
 // DefaultConfig holds the documented defaults.
@@ -133,6 +135,9 @@ func fromEnv(c Config) Config {
 	if v, err := time.ParseDuration(envOr("TWOFACTOR_NOTIFY_LEASE", c.NotifyLease.String())); err == nil {
 		c.NotifyLease = v
 	}
+	if v, err := strconv.ParseBool(envOr("TWOFACTOR_WEB_UI", "false")); err == nil {
+		c.WebUI = v
+	}
 	return c
 }
 
@@ -181,6 +186,7 @@ func (c *Config) bindServe(fs *flag.FlagSet) {
 	fs.StringVar(&c.DevDataDir, "dev-data-dir", c.DevDataDir, "with --dev: folder of the private PostgreSQL started when nothing answers at the database URL (TWOFACTOR_DEV_DATA_DIR)")
 	fs.StringVar(&c.TrustedProxies, "trusted-proxies", c.TrustedProxies, "comma-separated proxy IPs/CIDRs allowed to set X-Forwarded-For (TWOFACTOR_TRUSTED_PROXIES)")
 	fs.Float64Var(&c.KeyRate, "key-rate", c.KeyRate, "API requests per second per API key; 0 default (50), negative off (TWOFACTOR_KEY_RATE)")
+	fs.BoolVar(&c.WebUI, "web-ui", c.WebUI, "serve the reference web UI under /ui/ (a demo sign-in: never on a public address; always on with --dev) (TWOFACTOR_WEB_UI)")
 	fs.Float64Var(&c.IPRate, "ip-rate", c.IPRate, "API requests per second per client IP; 0 default (20), negative off (TWOFACTOR_IP_RATE)")
 }
 

@@ -61,6 +61,10 @@ func serve(ctx context.Context, cfg Config, args []string, log *slog.Logger) err
 	// Consumers get their own context: they stop after the HTTP server has drained.
 	consumerCtx, stopConsumers := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopConsumers()
+	cfg, err = prepareWebUI(cfg, log)
+	if err != nil {
+		return err
+	}
 	api, cons, err := newAPI(consumerCtx, cfg, pool, ring, hasher, log)
 	if err != nil {
 		return err
@@ -69,7 +73,12 @@ func serve(ctx context.Context, cfg Config, args []string, log *slog.Logger) err
 	if err != nil {
 		return err
 	}
-	srv := handlers.NewServer(cfg.HTTPAddr, api.Handler(), handlers.DefaultConfig().RequestTimeout)
+	handler, err := withWebUI(cfg, api.Handler(), ln.Addr(), log)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	srv := handlers.NewServer(cfg.HTTPAddr, handler, handlers.DefaultConfig().RequestTimeout)
 	srv.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelWarn)
 	errs := make(chan error, 1)
 	go func() { errs <- srv.Serve(ln) }()
