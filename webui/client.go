@@ -135,6 +135,7 @@ type userStatus struct {
 	DefaultMethod        string   `json:"default_method"`
 	PendingMethods       []string `json:"pending_methods"`
 	BackupCodesRemaining int      `json:"backup_codes_remaining"`
+	SecurityKeys         int      `json:"security_keys"`
 	Required             bool     `json:"required"`
 	RequirementWaivedBy  string   `json:"requirement_waived_by"`
 	CanToggle            bool     `json:"can_toggle"`

@@ -38,6 +38,7 @@ func (u *UI) routes() {
 	m.HandleFunc("POST "+Prefix+"account/regenerate", u.need(true, users, u.regenerate))
 	m.HandleFunc("POST "+Prefix+"account/remove", u.need(true, users, u.removeMethod))
 	m.HandleFunc("POST "+Prefix+"account/disable", u.need(true, users, u.disable))
+	u.securityKeyRoutes(m)
 	u.adminRoutes(m)
 	u.auditRoutes(m)
 	u.mux = m
@@ -118,6 +119,9 @@ func (u *UI) signIn(w http.ResponseWriter, r *http.Request) {
 			name = "Demo " + newToken()[:6]
 		}
 		t, err = u.tenants.create(r.Context(), name)
+		if err == nil {
+			u.offerSecurityKeys(r.Context(), t, r)
+		}
 	case choice == "id":
 		tid := strings.TrimSpace(r.PostForm.Get("tenant_id"))
 		if !validID(tid) {
@@ -209,6 +213,7 @@ type loginView struct {
 	Method   string // what the form asks for
 	Others   []string
 	Reverify bool
+	Keys     keyPlace // where security keys work, when the form asks for one
 }
 
 func (u *UI) loginPage(w http.ResponseWriter, r *http.Request, se *session) {
@@ -231,6 +236,9 @@ func (u *UI) loginPage(w http.ResponseWriter, r *http.Request, se *session) {
 		}
 	}
 	v := loginView{Ch: ch, Method: method, Reverify: se.stage == stageSignedIn}
+	if method == "webauthn" {
+		v.Keys = u.keyPlace(r.Context(), se, r)
+	}
 	for _, m := range ch.Methods {
 		if m != method {
 			v.Others = append(v.Others, m)
@@ -286,17 +294,28 @@ func (u *UI) verify(w http.ResponseWriter, r *http.Request, se *session) {
 		map[string]any{"method": method, "code": code}, r.PostForm.Get("idem"), &v)
 	if err != nil {
 		se.flashErr = explain(err)
-		if p := asProblem(err); p != nil && se.ch != nil {
-			switch {
-			case p.Code == "locked":
-				se.ch.LockedUntil = p.LockedUntil
-			case p.AttemptsRemaining != nil:
-				se.ch.AttemptsRemaining = *p.AttemptsRemaining
-			}
-		}
+		u.noteFailure(se, err)
 		redirect(w, r, back)
 		return
 	}
+	u.verified(w, r, se, method, v)
+}
+
+// noteFailure keeps the login page's lockout and attempts left current.
+func (u *UI) noteFailure(se *session, err error) {
+	if p := asProblem(err); p != nil && se.ch != nil {
+		switch {
+		case p.Code == "locked":
+			se.ch.LockedUntil = p.LockedUntil
+		case p.AttemptsRemaining != nil:
+			se.ch.AttemptsRemaining = *p.AttemptsRemaining
+		}
+	}
+}
+
+// verified is where a passed second factor leads: signed in, or on to the
+// app's set-up or a new enrolment when the API says so.
+func (u *UI) verified(w http.ResponseWriter, r *http.Request, se *session, method string, v verification) {
 	ch := se.ch
 	se.ch = nil
 	switch setupApp := ch != nil && ch.SetupAppAtNextLogin; {
@@ -326,6 +345,7 @@ type enrolView struct {
 	Prompt     bool // at a login's enrolment prompt (not yet signed in)
 	SetupApp   bool
 	Email, SMS bool // allowed by the tenant
+	Keys       keyPlace
 }
 
 func (u *UI) enrolPage(w http.ResponseWriter, r *http.Request, se *session) {
@@ -338,6 +358,7 @@ func (u *UI) enrolPage(w http.ResponseWriter, r *http.Request, se *session) {
 	if err := u.api.do(r.Context(), u.as(se), http.MethodGet, "/v1/policy", nil, nil, "", &pol); err == nil && pol.Email != nil && pol.SMS != nil {
 		v.Email, v.SMS = *pol.Email, *pol.SMS
 	}
+	v.Keys = u.keyPlace(r.Context(), se, r)
 	if se.ch != nil {
 		v.CanDisable = se.ch.CanDisable && v.Prompt
 		v.SetupApp = se.ch.SetupAppAtNextLogin
@@ -472,9 +493,10 @@ func (u *UI) codesDone(w http.ResponseWriter, r *http.Request, se *session) {
 }
 
 type accountView struct {
-	S        userStatus
-	Others   []string // methods the user can add
-	LowCodes bool
+	S         userStatus
+	Others    []string // methods the user can add
+	Removable []string // methods removed as a whole (security keys go one by one, on their page)
+	LowCodes  bool
 }
 
 func (u *UI) accountPage(w http.ResponseWriter, r *http.Request, se *session) {
@@ -498,6 +520,11 @@ func (u *UI) accountPage(w http.ResponseWriter, r *http.Request, se *session) {
 	for _, m := range []string{"email", "sms"} {
 		if !has(s.Methods, m) {
 			v.Others = append(v.Others, m)
+		}
+	}
+	for _, m := range s.Methods {
+		if m != "webauthn" {
+			v.Removable = append(v.Removable, m)
 		}
 	}
 	u.render(w, r, se, http.StatusOK, "account", "Your account security", v)

@@ -259,6 +259,8 @@ func methodName(m string) string {
 		return "Text message (SMS)"
 	case "backup_code":
 		return "Backup code"
+	case "webauthn":
+		return "Security key"
 	}
 	return m
 }
