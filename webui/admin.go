@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode"
 )
 
 var adminRoles = []string{"admin", "superadmin"}
@@ -23,6 +24,7 @@ func (u *UI) adminRoutes(m *http.ServeMux) {
 	m.HandleFunc("POST "+Prefix+"admin/users/{id}/{action}", u.need(true, adminRoles, u.userAction))
 	m.HandleFunc("GET "+Prefix+"admin/policy", u.need(true, readers, u.policyPage))
 	m.HandleFunc("POST "+Prefix+"admin/policy", u.need(true, adminRoles, u.savePolicy))
+	m.HandleFunc("POST "+Prefix+"admin/policy/webauthn", u.need(true, adminRoles, u.saveRelyingParty))
 }
 
 type usersView struct {
@@ -119,6 +121,7 @@ func chart(c coverage) []bar {
 
 type userView struct {
 	S       userStatus
+	Keys    []securityKey
 	Unknown bool
 	Admin   bool
 	Super   bool
@@ -137,7 +140,14 @@ func (u *UI) userPage(w http.ResponseWriter, r *http.Request, se *session) {
 		}
 		s, unknown = userStatus{UserID: id, Status: "not_activated"}, true
 	}
-	u.render(w, r, se, http.StatusOK, "user", "User "+id, userView{S: s, Unknown: unknown, Admin: se.role != "auditor", Super: se.role == "superadmin"})
+	v := userView{S: s, Unknown: unknown, Admin: se.role != "auditor", Super: se.role == "superadmin"}
+	if s.SecurityKeys > 0 {
+		var list securityKeyList
+		if err := u.api.do(r.Context(), u.as(se), http.MethodGet, userPath(id, "/security-keys"), nil, nil, "", &list); err == nil {
+			v.Keys = list.SecurityKeys
+		}
+	}
+	u.render(w, r, se, http.StatusOK, "user", "User "+id, v)
 }
 
 // userAction runs one admin action on a user; the API enforces who may.
@@ -172,6 +182,9 @@ func (u *UI) userAction(w http.ResponseWriter, r *http.Request, se *session) {
 		if to == "totp" {
 			ok = id + " sets up an authenticator app at their next login."
 		}
+	case "remove-key":
+		method, path = http.MethodDelete, "/security-keys/"+pathEscape(f.Get("key_id"))
+		ok = "Security key “" + f.Get("name") + "” of " + id + " was removed."
 	case "unlock":
 		method, path, ok = http.MethodDelete, "/lock", id+" is unlocked."
 	case "disable":
@@ -229,8 +242,10 @@ var policyFields = []policyField{
 }
 
 type policyView struct {
-	Fields []policyField
-	Admin  bool
+	Fields  []policyField
+	Admin   bool
+	RP      relyingParty
+	Origins string // one a line, as the form shows them
 }
 
 func (u *UI) policyPage(w http.ResponseWriter, r *http.Request, se *session) {
@@ -246,6 +261,9 @@ func (u *UI) policyPage(w http.ResponseWriter, r *http.Request, se *session) {
 			f.Value = strconv.FormatFloat(n, 'f', -1, 64)
 		}
 		v.Fields = append(v.Fields, f)
+	}
+	if err := u.api.do(r.Context(), u.as(se), http.MethodGet, "/v1/policy/webauthn", nil, nil, "", &v.RP); err == nil {
+		v.Origins = strings.Join(v.RP.Origins, "\n")
 	}
 	u.render(w, r, se, http.StatusOK, "policy", "Tenant policy", v)
 }
@@ -289,6 +307,45 @@ func (u *UI) savePolicy(w http.ResponseWriter, r *http.Request, se *session) {
 	var out written
 	err := u.api.do(r.Context(), u.as(se), http.MethodPatch, "/v1/policy", nil, patch, r.PostForm.Get("idem"), &out)
 	u.done(se, err, "Policy saved.")
+	if err == nil && out.Position > se.minPos {
+		se.minPos = out.Position
+	}
+	redirect(w, r, Prefix+"admin/policy")
+}
+
+// saveRelyingParty sets the tenant's security keys: the PUT says the whole
+// setting, so every field of the form goes, changed or not.
+func (u *UI) saveRelyingParty(w http.ResponseWriter, r *http.Request, se *session) {
+	f := r.PostForm
+	ttl, err := strconv.Atoi(strings.TrimSpace(f.Get("challenge_ttl_seconds")))
+	if err != nil {
+		se.flashErr = "Security-key challenge lifetime: enter a whole number of seconds."
+		redirect(w, r, Prefix+"admin/policy")
+		return
+	}
+	// Origins one a line (or separated by spaces or commas).
+	origins := strings.FieldsFunc(f.Get("origins"), func(c rune) bool { return c == ',' || unicode.IsSpace(c) })
+	if origins == nil {
+		origins = []string{}
+	}
+	body := map[string]any{
+		"rp_id": strings.ToLower(strings.TrimSpace(f.Get("rp_id"))), "rp_name": strings.TrimSpace(f.Get("rp_name")),
+		"origins": origins, "user_verification": f.Get("user_verification"),
+		"allow_cloned_keys": has(f["allow_cloned_keys"], "true"), "challenge_ttl_seconds": ttl,
+	}
+	var out struct {
+		Position int64 `json:"position"`
+		Changed  bool  `json:"changed"`
+	}
+	err = u.api.do(r.Context(), u.as(se), http.MethodPut, "/v1/policy/webauthn", nil, body, f.Get("idem"), &out)
+	msg := "Security keys saved."
+	if body["rp_id"] == "" {
+		msg = "Security keys are off for this tenant."
+	}
+	if err == nil && !out.Changed {
+		msg = "Nothing to change."
+	}
+	u.done(se, err, msg)
 	if err == nil && out.Position > se.minPos {
 		se.minPos = out.Position
 	}
