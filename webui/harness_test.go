@@ -176,6 +176,9 @@ type page struct {
 	t   *testing.T
 	s   *stack
 	ctx context.Context
+	// base is where this browser reaches the UI: the stack's address, or
+	// http://localhost:port where a security key needs a domain name.
+	base string
 }
 
 func (s *stack) person(t *testing.T) *page {
@@ -202,7 +205,7 @@ func (s *stack) person(t *testing.T) *page {
 	if err := chromedp.Run(ctx); err != nil {
 		t.Fatalf("attaching to the browser window: %v", err)
 	}
-	return &page{t: t, s: s, ctx: ctx}
+	return &page{t: t, s: s, ctx: ctx, base: s.base}
 }
 
 // run runs browser actions with a bound, failing the test on error.
@@ -226,7 +229,7 @@ func (p *page) textNow() string {
 
 func (p *page) open(path string) {
 	p.t.Helper()
-	p.run("open "+path, chromedp.Navigate(p.s.base+path), chromedp.WaitReady("body", chromedp.ByQuery))
+	p.run("open "+path, chromedp.Navigate(p.base+path), chromedp.WaitReady("body", chromedp.ByQuery))
 }
 
 // text is the visible text of the first element matching sel.
