@@ -201,9 +201,10 @@ func (u *UI) removeKey(w http.ResponseWriter, r *http.Request, se *session) {
 	id, name := r.PostForm.Get("key_id"), r.PostForm.Get("name")
 	err := u.api.do(r.Context(), u.as(se), http.MethodDelete, userPath(se.user, "/security-keys/", pathEscape(id)), nil,
 		map[string]any{}, r.PostForm.Get("idem"), nil)
-	u.done(se, err, fmt.Sprintf("Security key “%s” was removed: it no longer signs you in.", name))
 	if err != nil {
 		se.flashErr = explainKey(err)
+	} else {
+		se.flash = fmt.Sprintf("Security key “%s” was removed: it no longer signs you in.", name)
 	}
 	redirect(w, r, Prefix+"keys")
 }

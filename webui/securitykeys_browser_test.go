@@ -96,6 +96,13 @@ func TestBrowserSecurityKeys(t *testing.T) {
 	kim.run("a browser without WebAuthn", chromedp.Evaluate(`window.PublicKeyCredential = undefined`, nil))
 	kim.press("Use security key")
 	kim.awaits("This browser cannot use security keys")
+	// The PIN or fingerprint check fails, which the policy now requires: the
+	// browser says "not allowed", as when the person cancels.
+	kim.open("/ui/login?method=webauthn")
+	kim.run("the check fails", webauthn.SetUserVerified(authenticator, false))
+	kim.press("Use security key")
+	kim.awaits("The security key did not answer: the request was cancelled or timed out.")
+	kim.run("the check passes", webauthn.SetUserVerified(authenticator, true))
 	kim.open("/ui/login?method=webauthn")
 	kim.press("Use security key")
 	kim.awaits("Signed in with security key.")
@@ -109,6 +116,25 @@ func TestBrowserSecurityKeys(t *testing.T) {
 	lee.signIn("Kappa", "user", "lee")
 	lee.follow("Security keys")
 	lee.sees("Security keys for this organisation work at " + local)
+
+	// A key as the first method: it switches 2FA on, with backup codes, and
+	// is what the next login asks for.
+	kai := s.person(t)
+	kai.base = local
+	kai.virtualAuthenticator()
+	kai.signIn("Kappa", "user", "kai")
+	kai.follow("Turn on two-factor authentication")
+	kai.fill("key-name", "Laptop passkey")
+	kai.press("Add security key")
+	kai.awaits("Your backup codes")
+	kai.sees("Security key “Laptop passkey” is on")
+	kai.press("I have saved my codes")
+	kai.sees("Security key (1) (default)")
+	kai.signOut()
+	kai.signIn("Kappa", "user", "kai")
+	kai.sees("Use security key", "Use backup code")
+	kai.press("Use security key")
+	kai.awaits("Signed in with security key.")
 
 	// Remove the key (just verified with it: a fresh verification).
 	kim.press("Remove")
