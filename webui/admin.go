@@ -198,6 +198,9 @@ func (u *UI) userAction(w http.ResponseWriter, r *http.Request, se *session) {
 	var out written
 	err := u.api.do(r.Context(), u.as(se), method, userPath(id, path), nil, body, f.Get("idem"), &out)
 	u.done(se, err, ok)
+	if err != nil && action == "remove-key" {
+		se.flashErr = explainKey(err)
+	}
 	if err == nil && out.Position > se.minPos {
 		se.minPos = out.Position
 	}

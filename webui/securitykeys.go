@@ -258,6 +258,8 @@ func explainKey(err error) string {
 		return "Your account has the most security keys it may have. Remove one first."
 	case "invalid_security_key_response":
 		return "The key's answer was not accepted (another site's key, or this page's address is not one the organisation set up). Try again."
+	case "last_method":
+		return "This key is the account's only second factor: add another method first, or turn two-factor authentication off."
 	case "security_key_not_found":
 		return "That security key is no longer on your account."
 	case "method_disabled_by_policy":

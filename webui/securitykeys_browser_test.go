@@ -136,6 +136,27 @@ func TestBrowserSecurityKeys(t *testing.T) {
 	kai.press("Use security key")
 	kai.awaits("Signed in with security key.")
 
+	// The admin may not take his only factor; once he added email codes, the
+	// admin removes the key and kai is told who did.
+	admin.open("/ui/admin/users/kai")
+	admin.sees("1: Laptop passkey")
+	admin.press("Remove key")
+	admin.sees("This key is the account's only second factor")
+	kai.fill("dest-email", "kai@example.test")
+	kai.press("Send a code")
+	kai.fill("code", codeIn(t, s.box.await(t, "kai@example.test", "Confirm your", 1)))
+	kai.press("Confirm and activate")
+	kai.sees("Email code is on")
+	admin.open("/ui/admin/users/kai")
+	admin.press("Remove key")
+	admin.sees("Security key “Laptop passkey” of kai was removed.")
+	if got := admin.text("#security-keys"); got != "0" {
+		t.Fatalf("kai's security keys after the removal: %q", got)
+	}
+	if m := s.box.await(t, "kai@example.test", "A security key was removed", 1); !strings.Contains(m.Text, "An administrator removed") {
+		t.Fatalf("the notice says:\n%s", m.Text)
+	}
+
 	// Remove the key (just verified with it: a fresh verification).
 	kim.press("Remove")
 	kim.sees("Security key “Blue YubiKey” was removed", "No security keys yet.")
