@@ -228,7 +228,7 @@ func TestTransactionHooksCommitWithTheOffset(t *testing.T) {
 	}
 }
 
-// With the listener, a subscriber blocked on an empty outbox picks an event up
+// With the listener, a subscriber blocked at the end of the log picks an event up
 // at commit, not at the next poll (5 s here); after the LISTEN connection is
 // killed it reconnects and stays fast.
 func TestListenerWakesTheSubscriber(t *testing.T) {

@@ -595,10 +595,10 @@ func dropShadows(ctx context.Context, pool *pgxpool.Pool, shadow tableSet) {
 	}
 }
 
-var (
-	outboxTable  = wsql.DefaultPostgreSQLSchema{}.MessagesTable(eventstore.Topic)
-	offsetsTable = wsql.DefaultPostgreSQLOffsetsAdapter{}.MessagesOffsetsTable(eventstore.Topic)
-)
+// offsetsTable holds the consumer groups' offsets on the event log: the
+// (transaction id, position) of the last event each acknowledged
+// (eventstore.LogSchema).
+var offsetsTable = wsql.DefaultPostgreSQLOffsetsAdapter{}.MessagesOffsetsTable(eventstore.Topic)
 
 func (r *rebuilder) swap(ctx context.Context, live, shadow tableSet, stats *RebuildStats) error {
 	tx, err := r.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
@@ -625,8 +625,8 @@ func (r *rebuilder) swap(ctx context.Context, live, shadow tableSet, stats *Rebu
 	if acked != 0 || ackedXID != "0" {
 		l = &eventstore.Record{}
 		var xid string
-		err := tx.QueryRow(ctx, `SELECT e.transaction_id::text, e.position, e.event_id::text FROM `+outboxTable+` o
-			JOIN events e ON e.event_id = o.uuid::uuid WHERE o.transaction_id = $1::xid8 AND o."offset" = $2`, ackedXID, acked).
+		err := tx.QueryRow(ctx, `SELECT transaction_id::text, position, event_id::text FROM events
+			WHERE transaction_id = $1::xid8 AND position = $2`, ackedXID, acked).
 			Scan(&xid, &l.Position, &l.EventID)
 		if err != nil {
 			return fmt.Errorf("projections: event acknowledged by %s: %w", group, err)
@@ -656,13 +656,8 @@ func (r *rebuilder) swap(ctx context.Context, live, shadow tableSet, stats *Rebu
 		}
 	case s != nil && (l == nil || before(l, s.TransactionID, s.Position)):
 		// The shadows are ahead: the live group continues after S.
-		var offset int64
-		if err := tx.QueryRow(ctx, `SELECT "offset" FROM `+outboxTable+` WHERE transaction_id = $1::xid8 AND uuid = $2`,
-			strconv.FormatUint(s.TransactionID, 10), s.EventID).Scan(&offset); err != nil {
-			return fmt.Errorf("projections: outbox row of event %s: %w", s.EventID, err)
-		}
 		if _, err := tx.Exec(ctx, `UPDATE `+offsetsTable+` SET offset_acked = $2, last_processed_transaction_id = $3::xid8
-			WHERE consumer_group = $1`, group, offset, strconv.FormatUint(s.TransactionID, 10)); err != nil {
+			WHERE consumer_group = $1`, group, s.Position, strconv.FormatUint(s.TransactionID, 10)); err != nil {
 			return err
 		}
 		stats.GroupOffsetMoved = true
