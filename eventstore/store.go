@@ -236,3 +236,61 @@ func (s *Store) ReadAll(ctx context.Context, afterPosition int64, limit int) ([]
 	}
 	return scanRecords(rows)
 }
+
+// ReadForFold is ReadAll for a reader that folds events into state (a rebuild
+// of a read model): the same records in the same order, without what a fold
+// never reads, so without its cost. Metadata, RawMetadata, PrevHash and Hash
+// are left empty; the metadata's JSON is neither sent nor decoded (in a
+// rebuild's profile, decoding it took more CPU than decoding the events).
+func (s *Store) ReadForFold(ctx context.Context, afterPosition int64, limit int) ([]*Record, error) {
+	if limit <= 0 {
+		return nil, errors.New("eventstore: limit must be positive")
+	}
+	// The transaction id as a bigint (an xid8 is below 2^63): scanned as a
+	// number, not parsed from text.
+	const columns = `position, event_id::text, tenant_id, stream_id, stream_version, event_type, schema_version,
+		payload::text, recorded_at, transaction_id::text::bigint`
+	var rows pgx.Rows
+	var err error
+	// ORDER BY names the columns of events: the select list's transaction id is
+	// a computed bigint, and sorting by it would sort the whole remaining log.
+	if afterPosition == 0 {
+		rows, err = s.pool.Query(ctx, `SELECT `+columns+` FROM events
+			WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+			ORDER BY events.transaction_id, events.position LIMIT $1`, limit)
+	} else {
+		var exists bool
+		if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM events WHERE position = $1)`, afterPosition).Scan(&exists); err != nil {
+			return nil, err
+		}
+		if !exists {
+			return nil, fmt.Errorf("eventstore: no event at position %d", afterPosition)
+		}
+		rows, err = s.pool.Query(ctx, `SELECT `+columns+` FROM events
+			WHERE (transaction_id, position) > (SELECT transaction_id, position FROM events WHERE position = $1)
+			  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+			ORDER BY events.transaction_id, events.position LIMIT $2`, afterPosition, limit)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("eventstore: read all: %w", err)
+	}
+	defer rows.Close()
+	var out []*Record
+	for rows.Next() {
+		r := &Record{}
+		var txid int64
+		if err := rows.Scan(&r.Position, &r.EventID, &r.TenantID, &r.StreamID, &r.Version, &r.Type, &r.SchemaVersion,
+			&r.Payload, &r.RecordedAt, &txid); err != nil {
+			return nil, err
+		}
+		r.RecordedAt = r.RecordedAt.UTC()
+		r.TransactionID = uint64(txid)
+		e, err := Decode(r.Type, r.SchemaVersion, r.Payload)
+		if err != nil {
+			return nil, err
+		}
+		r.Event = e
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}

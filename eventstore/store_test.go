@@ -405,3 +405,49 @@ func processCPU() time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// ReadForFold returns what ReadAll does, in the same order, less what a fold
+// never reads.
+func TestReadForFoldIsReadAllWithoutMetadata(t *testing.T) {
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, testdb.Fresh(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	store := eventstore.New(pool, time.Now)
+	for i := 0; i < 12; i++ {
+		stream := eventstore.UserStream("t", "u"+strconv.Itoa(i%3))
+		if _, err := store.Append(ctx, "t", stream, int64(i/3), []domain.Event{&domain.TOTPVerified{Step: int64(i)}}, meta); err != nil {
+			t.Fatal(err)
+		}
+	}
+	all := readAtLeast(t, store, 0, 12)
+	for _, after := range []int64{0, all[4].Position} {
+		want, err := store.ReadAll(ctx, after, 5)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := store.ReadForFold(ctx, after, 5)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != len(want) {
+			t.Fatalf("after %d: %d records, want %d", after, len(got), len(want))
+		}
+		for i, w := range want {
+			g := got[i]
+			if g.Position != w.Position || g.EventID != w.EventID || g.TenantID != w.TenantID || g.StreamID != w.StreamID ||
+				g.Version != w.Version || g.Type != w.Type || g.SchemaVersion != w.SchemaVersion || !bytes.Equal(g.Payload, w.Payload) ||
+				!g.RecordedAt.Equal(w.RecordedAt) || g.TransactionID != w.TransactionID || *g.Event.(*domain.TOTPVerified) != *w.Event.(*domain.TOTPVerified) {
+				t.Errorf("after %d, record %d:\n got %+v\nwant %+v", after, i, g, w)
+			}
+			if g.RawMetadata != nil || g.Hash != nil {
+				t.Errorf("record %d carries metadata or hashes", i)
+			}
+		}
+	}
+	if _, err := store.ReadForFold(ctx, 999999, 10); err == nil {
+		t.Error("ReadForFold after an unknown position succeeded")
+	}
+}

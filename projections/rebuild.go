@@ -23,7 +23,7 @@ import (
 //  1. Take an advisory lock (one rebuild of a read model at a time) and create
 //     empty shadow tables: CREATE TABLE user_status_rebuild (LIKE user_status
 //     INCLUDING ALL), and so on, so the migration stays the only definition.
-//  2. Read the whole log with eventstore.ReadAll in (transaction id, position)
+//  2. Read the whole log with eventstore.ReadForFold in (transaction id, position)
 //     order, in batches, folding every stream in memory with the same code as the
 //     live projector; then COPY the derived rows into the shadows. Meanwhile the
 //     live consumer group keeps applying new events to the live tables, and
@@ -44,7 +44,7 @@ import (
 
 // RebuildOptions tune a rebuild. The zero value is usable.
 type RebuildOptions struct {
-	// BatchSize is how many events one ReadAll returns (default 10,000).
+	// BatchSize is how many events one ReadForFold returns (default 10,000).
 	BatchSize int
 	// Group is the live consumer group whose offset the swap aligns
 	// (default UserStatusGroup).
@@ -283,7 +283,12 @@ func Rebuild(ctx context.Context, pool *pgxpool.Pool, store *eventstore.Store, r
 	stats.Fold = time.Since(t)
 	log.Info("rebuild: log folded", "events", r.events, "users", len(r.m.users), "seconds", stats.Fold.Seconds())
 	t = time.Now()
-	if err := r.copyAll(ctx, shadow); err != nil {
+	if err := r.copyAll(ctx, live, shadow); err != nil {
+		// explain writes stream by stream into the (empty) shadows, with the
+		// live tables' indexes and constraints, as the swap would have them.
+		if ierr := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return indexShadows(ctx, tx, live, shadow) }); ierr != nil {
+			return stats, errors.Join(err, ierr)
+		}
 		return stats, r.explain(ctx, shadow, err)
 	}
 	stats.Write = time.Since(t)
@@ -359,13 +364,13 @@ func before(a *eventstore.Record, xid uint64, pos int64) bool {
 	return a.TransactionID < xid || (a.TransactionID == xid && a.Position < pos)
 }
 
-// read folds the log after r.last until ReadAll returns nothing, or (with until)
+// read folds the log after r.last until ReadForFold returns nothing, or (with until)
 // until the event at until is folded.
 //
 // Reading is the slow part (the database sends the rows, Go decodes their JSON),
 // so batches are read several at a time: one cheap index-only query finds where
 // each batch of the committed log ends, then workers read the batches with
-// eventstore.ReadAll in parallel while the events are folded in order. The
+// eventstore.ReadForFold in parallel while the events are folded in order. The
 // boundaries stay valid while new transactions commit: those all order after
 // them (their transaction ids are above the horizon the boundaries were taken
 // under). What committed after the boundaries is then read batch by batch.
@@ -399,7 +404,7 @@ func (r *rebuilder) read(ctx context.Context, phase string, ch *changes, until *
 				if i > 0 {
 					after = bounds[i-1]
 				}
-				recs, err := r.store.ReadAll(ctx, after, r.opts.BatchSize)
+				recs, err := r.store.ReadForFold(ctx, after, r.opts.BatchSize)
 				if err != nil {
 					err = r.undecodable(ctx, after, r.opts.BatchSize, err)
 				}
@@ -470,7 +475,7 @@ func (r *rebuilder) read(ctx context.Context, phase string, ch *changes, until *
 		if r.last != nil {
 			after = r.last.Position
 		}
-		recs, err := r.store.ReadAll(ctx, after, r.opts.BatchSize)
+		recs, err := r.store.ReadForFold(ctx, after, r.opts.BatchSize)
 		if err != nil {
 			return r.undecodable(ctx, after, r.opts.BatchSize, err)
 		}
@@ -500,8 +505,10 @@ func (r *rebuilder) boundaries(ctx context.Context) ([]int64, error) {
 	return pgx.CollectRows(rows, pgx.RowTo[int64])
 }
 
-// copyAll writes the whole model into the (empty) shadow tables.
-func (r *rebuilder) copyAll(ctx context.Context, t tableSet) error {
+// copyAll writes the whole model into the (empty) shadow tables, then gives
+// them the live tables' indexes: building an index once over the loaded rows
+// costs PostgreSQL much less than maintaining it row by row during the COPY.
+func (r *rebuilder) copyAll(ctx context.Context, live, t tableSet) error {
 	conn, err := r.pool.Acquire(ctx)
 	if err != nil {
 		return err
@@ -566,6 +573,9 @@ func (r *rebuilder) copyAll(ctx context.Context, t tableSet) error {
 				return fmt.Errorf("projections: copy into %s: %w", c.table, err)
 			}
 		}
+		if err := indexShadows(ctx, tx, live, t); err != nil {
+			return err
+		}
 		for _, name := range t.all() {
 			if _, err := tx.Exec(ctx, "ANALYZE "+ident(name)); err != nil {
 				return err
@@ -581,12 +591,65 @@ func createShadows(ctx context.Context, pool *pgxpool.Pool, live, shadow tableSe
 			if _, err := tx.Exec(ctx, `DROP TABLE IF EXISTS `+ident(name)); err != nil {
 				return err
 			}
-			if _, err := tx.Exec(ctx, `CREATE TABLE `+ident(name)+` (LIKE `+ident(live.all()[i])+` INCLUDING ALL)`); err != nil {
+			// Without indexes (and so without the primary key): copyAll builds
+			// them after loading the rows (indexShadows).
+			if _, err := tx.Exec(ctx, `CREATE TABLE `+ident(name)+` (LIKE `+ident(live.all()[i])+` INCLUDING ALL EXCLUDING INDEXES)`); err != nil {
 				return fmt.Errorf("projections: create %s: %w", name, err)
 			}
 		}
 		return nil
 	})
+}
+
+// indexShadows gives each shadow table the indexes and index-backed
+// constraints (primary key, unique) of its live table, named as the swap
+// expects (renameIndexes): the shadow's name followed by what follows the live
+// table's name in the live index's.
+func indexShadows(ctx context.Context, tx pgx.Tx, live, shadow tableSet) error {
+	for i, table := range live.all() {
+		rows, err := tx.Query(ctx, `SELECT ix.relname, pg_get_indexdef(i.indexrelid), coalesce(c.conname, ''),
+				coalesce(pg_get_constraintdef(c.oid), '')
+			FROM pg_index i JOIN pg_class ix ON ix.oid = i.indexrelid
+			LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
+			WHERE i.indrelid = $1::regclass ORDER BY ix.relname`, ident(table))
+		if err != nil {
+			return err
+		}
+		type index struct{ name, def, constraint, constraintDef string }
+		indexes, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (index, error) {
+			var x index
+			return x, row.Scan(&x.name, &x.def, &x.constraint, &x.constraintDef)
+		})
+		if err != nil {
+			return err
+		}
+		target := shadow.all()[i]
+		rename := func(name string) string {
+			if rest, ok := strings.CutPrefix(name, table); ok {
+				return target + rest
+			}
+			return target + "_" + name
+		}
+		for _, x := range indexes {
+			var stmt string
+			if x.constraint != "" {
+				stmt = `ALTER TABLE ` + ident(target) + ` ADD CONSTRAINT ` + ident(rename(x.constraint)) + ` ` + x.constraintDef
+			} else {
+				// "CREATE [UNIQUE] INDEX name ON schema.table USING …": the same
+				// definition on the shadow.
+				head, _, ok1 := strings.Cut(x.def, " INDEX ")
+				_, using, ok2 := strings.Cut(x.def, " USING ")
+				if !ok1 || !ok2 {
+					return fmt.Errorf("projections: cannot read the definition of index %s: %s", x.name, x.def)
+				}
+				stmt = head + ` INDEX ` + ident(rename(x.name)) + ` ON ` + ident(target) + ` USING ` + using
+			}
+			if _, err := tx.Exec(ctx, stmt); err != nil {
+				return fmt.Errorf("projections: index %s: %w", target, err)
+			}
+		}
+	}
+	return nil
 }
 
 func dropShadows(ctx context.Context, pool *pgxpool.Pool, shadow tableSet) {
