@@ -22,7 +22,9 @@ import (
 //
 //  1. Take an advisory lock (one rebuild of a read model at a time) and create
 //     empty shadow tables: CREATE TABLE user_status_rebuild (LIKE user_status
-//     INCLUDING ALL), and so on, so the migration stays the only definition.
+//     INCLUDING ALL EXCLUDING INDEXES), and so on, so the migration stays the
+//     only definition; the live tables' indexes are built on the shadows once
+//     their rows are loaded (indexShadows).
 //  2. Read the whole log with eventstore.ReadForFold in (transaction id, position)
 //     order, in batches, folding every stream in memory with the same code as the
 //     live projector; then COPY the derived rows into the shadows. Meanwhile the
