@@ -22,27 +22,27 @@ import (
 	"github.com/twofactor/twofactor/eventstore"
 )
 
-// ForwarderGroup is the consumer group, on the PostgreSQL outbox, of the
+// ForwarderGroup is the consumer group, on the PostgreSQL event log, of the
 // forwarders to NATS. Every forwarder of every process shares it: watermill-sql
 // locks the group's offset row while a batch is read and forwarded, so one
 // forwards at a time and the others stand by.
-// WARNING: durable name: renaming it forwards the whole outbox to NATS again
+// WARNING: durable name: renaming it forwards the whole log to NATS again
 // (harmless, consumers are idempotent, but slow).
 const ForwarderGroup = "forwarder.nats"
 
-// Forwarder moves the event outbox from PostgreSQL to NATS JetStream with
+// Forwarder moves the event log from PostgreSQL to NATS JetStream with
 // watermill's forwarder component (components/forwarder).
 //
-// Append is not changed by the bus setting: it writes plain outbox rows on the
-// event topic in the command's transaction, and API processes never talk to
-// NATS (a NATS outage cannot fail a command; the outbox grows meanwhile). The
-// forwarder reads that topic in its own consumer group, and a middleware wraps
-// each row in the forwarder's envelope with its destination: the partition
+// Append is not changed by the bus setting: it writes the events in the
+// command's transaction, and API processes never talk to NATS (a NATS outage
+// cannot fail a command; the forwarder falls behind meanwhile). The forwarder
+// reads the log (eventstore.LogSchema) in its own consumer group, and a
+// middleware wraps each event in the forwarder's envelope with its destination: the partition
 // subject of the row's event stream (NATSConfig.SubjectOf). The forwarder
 // unwraps it and publishes it to JetStream (pipelinedPublisher: watermill-nats'
 // message format, Nats-Msg-Id = event id, each message chained to the one
 // before), and the group's offset commits only once JetStream acknowledged every
-// row it covers. So the stream holds the outbox's order, and a crash between
+// event it covers. So the stream holds the log's delivery order, and a crash between
 // publishing and committing re-publishes rows that JetStream drops as
 // duplicates.
 type Forwarder struct {
@@ -59,7 +59,7 @@ type Forwarder struct {
 // NewForwarder builds a forwarder. cfg.Listener (when set) wakes it at each
 // commit; otherwise it holds a LISTEN connection of its own while it runs.
 // cfg.BatchSize, PollInterval, ResendInterval and AckDeadline apply to its
-// reading of the outbox.
+// reading of the log.
 func NewForwarder(pool *pgxpool.Pool, cfg Config, ncfg NATSConfig, logger watermill.LoggerAdapter) (*Forwarder, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -147,7 +147,7 @@ func (f *Forwarder) Forwarded() int64 { return f.forwarded.Load() }
 // Connected reports whether the NATS connection is up.
 func (f *Forwarder) Connected() bool { return f.nc.IsConnected() }
 
-// envelope wraps an outbox row in the forwarder's envelope (through
+// envelope wraps an event of the log in the forwarder's envelope (through
 // forwarder.Publisher, which defines it), addressed to its partition subject.
 func (f *Forwarder) envelope(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
@@ -157,7 +157,7 @@ func (f *Forwarder) envelope(h message.HandlerFunc) message.HandlerFunc {
 				StreamID string `json:"stream_id"`
 			}
 			if err := json.Unmarshal(msg.Payload, &env); err != nil || env.StreamID == "" {
-				return nil, fmt.Errorf("messaging: outbox message %s names no stream", msg.UUID)
+				return nil, fmt.Errorf("messaging: message %s names no stream", msg.UUID)
 			}
 			streamID = env.StreamID
 		}
@@ -202,7 +202,7 @@ func newForwarderSubscriber(pool *pgxpool.Pool, cfg Config, nc *nats.Conn, lead 
 	}
 	return wsql.NewSubscriber(&gatedBeginner{beginner: &beginner{pool: pool}, nc: nc, lead: lead, closing: closing}, wsql.SubscriberConfig{
 		ConsumerGroup:    ForwarderGroup,
-		SchemaAdapter:    outboxSchema{wsql.DefaultPostgreSQLSchema{SubscribeBatchSize: cfg.BatchSize}},
+		SchemaAdapter:    eventstore.LogSchema{BatchSize: cfg.BatchSize},
 		OffsetsAdapter:   wsql.DefaultPostgreSQLOffsetsAdapter{},
 		PollInterval:     poll,
 		ResendInterval:   resend,
@@ -238,7 +238,7 @@ func (g *gatedBeginner) BeginTx(ctx context.Context, opts *stdsql.TxOptions) (ws
 // leader makes one forwarder of all the processes the active one; the others
 // wait. The offset row lock alone would keep them correct, but two forwarders
 // polling the same group take turns on that lock, and each one's open
-// transaction hides the newest commits from the other's next query (the outbox
+// transaction hides the newest commits from the other's next query (the log
 // is read below pg_snapshot_xmin): the events would wait for the poll interval.
 // The active forwarder holds a session advisory lock on a connection of its
 // own; when that connection is gone, so is the lock, and a standby takes over
@@ -306,12 +306,12 @@ func (l *leader) release() {
 	}
 }
 
-// ForwarderConfig is the default reading of the outbox by a forwarder: batches
+// ForwarderConfig is the default reading of the log by a forwarder: batches
 // as large as the consumers'; a short ack deadline so that a NATS outage in the
 // middle of a batch commits what was forwarded and releases the group's lock
 // within seconds; and a 100 ms poll behind the wake-ups. A commit notifies the
 // forwarder at once, but the row becomes readable only when every older
-// transaction has ended (the outbox is read below pg_snapshot_xmin), and the
+// transaction has ended (the log is read below pg_snapshot_xmin), and the
 // consumers' own transactions, running alongside the commands, often hold that
 // horizon back for longer than the wake-up's short chase: with the default 1 s
 // poll, one commit in ten waited a second. Only the active forwarder polls, so

@@ -21,7 +21,7 @@ import (
 // watermill-nats' JetStream publisher waits for each message's acknowledgement
 // before the next: one round trip per event (about 770 events/s here,
 // BENCHMARKS.md). This one pipelines the messages of a batch (the forwarder's
-// outbox transaction, TxFromMessage) and waits for every acknowledgement just
+// subscriber transaction, TxFromMessage) and waits for every acknowledgement just
 // before the transaction commits the group's offset (a messaging.Tx hook): if
 // any failed, the transaction rolls back and the batch is forwarded again.
 //
@@ -29,7 +29,7 @@ import (
 // Nats-Expected-Last-Msg-Id = the id of the message published before it, so
 // JetStream stores a message only right after its predecessor. If one fails
 // (a timeout, a leader change in a cluster), every later one of the batch is
-// refused, and what the stream holds is always a prefix of the outbox's order.
+// refused, and what the stream holds is always a prefix of the log's delivery order.
 // Forwarding the batch again, the messages already stored are dropped as
 // duplicates (JetStream checks Nats-Msg-Id before the expectation) and the
 // first one missing finds its predecessor last. The first message after a

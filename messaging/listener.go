@@ -12,8 +12,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// EventsChannel is notified (by a trigger from migrations/0003) whenever a
-// transaction that wrote to the event outbox commits.
+// EventsChannel is notified (by a trigger on the events table,
+// migrations/0013) whenever a transaction that appended events commits.
 // WARNING: durable name, shared with the migration.
 const EventsChannel = "twofactor_events"
 
@@ -144,7 +144,7 @@ func (l *Listener) listen(ctx context.Context) error {
 }
 
 // wakeBackoff is a watermill-sql BackoffManager that, after an empty poll, blocks
-// until the outbox channel is notified or the poll interval passes, and then asks
+// until the events channel is notified or the poll interval passes, and then asks
 // for the next poll at once (it returns 0). One per subscriber: it remembers the
 // generation it last saw.
 //

@@ -228,7 +228,7 @@ func TestTransactionHooksCommitWithTheOffset(t *testing.T) {
 	}
 }
 
-// With the listener, a subscriber blocked on an empty outbox picks an event up
+// With the listener, a subscriber blocked at the end of the log picks an event up
 // at commit, not at the next poll (5 s here); after the LISTEN connection is
 // killed it reconnects and stays fast.
 func TestListenerWakesTheSubscriber(t *testing.T) {
@@ -393,4 +393,58 @@ func TestShutdownDoesNotPoisonInFlightMessages(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the interrupted message was not delivered again")
 	}
+}
+
+// beginCounter counts the transactions begun on a pool (pgx sends "begin…").
+type beginCounter struct{ n atomic.Int64 }
+
+func (c *beginCounter) TraceQueryStart(ctx context.Context, _ *pgx.Conn, data pgx.TraceQueryStartData) context.Context {
+	if len(data.SQL) >= 5 && (data.SQL[:5] == "begin" || data.SQL[:5] == "BEGIN") {
+		c.n.Add(1)
+	}
+	return ctx
+}
+
+func (c *beginCounter) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+// Idle consumers cost PostgreSQL at most one transaction per second each
+// (the fallback poll behind the LISTEN wake-ups), and an event still reaches
+// them at once.
+func TestIdleConsumersCostAtMostOneTransactionPerSecond(t *testing.T) {
+	cfg, err := pgxpool.ParseConfig(testdb.Fresh(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var begins beginCounter
+	cfg.ConnConfig.Tracer = &begins
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	var got atomic.Int64
+	consumers := []messaging.Consumer{
+		{Name: "idle.a", Handle: func(*message.Message) error { got.Add(1); return nil }},
+		{Name: "idle.b", Handle: func(*message.Message) error { got.Add(1); return nil }},
+	}
+	r, err := messaging.NewRouter(pool, messaging.DefaultConfig(), watermill.NopLogger{}, consumers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer run(t, r)()
+	<-r.Running()
+	time.Sleep(time.Second) // subscribing and the first polls
+	const window = 5 * time.Second
+	before := begins.n.Load()
+	time.Sleep(window)
+	idle := begins.n.Load() - before
+	perConsumer := float64(idle) / window.Seconds() / float64(len(consumers))
+	t.Logf("idle: %d transactions in %v for %d consumers (%.2f per second each)", idle, window, len(consumers), perConsumer)
+	if limit := int64(len(consumers)) * int64(window/time.Second+1); idle > limit {
+		t.Errorf("%d transactions in %v while idle, want at most %d", idle, window, limit)
+	}
+	start := time.Now()
+	publish(t, pool, "wake")
+	waitFor(t, "both consumers to get the event", 5*time.Second, func() bool { return got.Load() == 2 })
+	t.Logf("an event after the idle period reached both consumers in %v", time.Since(start).Round(time.Millisecond))
 }

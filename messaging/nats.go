@@ -16,8 +16,8 @@ import (
 )
 
 // NATSConfig places the event fan-out on NATS JetStream (TWOFACTOR_BUS=nats).
-// The event log and its outbox stay in PostgreSQL: the forwarder (forwarder.go)
-// copies the outbox into one JetStream stream, and the consumer groups read it
+// The event log stays in PostgreSQL: the forwarder (forwarder.go) copies it
+// into one JetStream stream, and the consumer groups read it
 // there (natsconsumer.go). See "Scale-out on NATS JetStream" in README.md.
 type NATSConfig struct {
 	URL string
@@ -193,7 +193,7 @@ var errClosing = errors.New("messaging: closing")
 func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg NATSConfig) (jetstream.Stream, error) {
 	s, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        cfg.Stream,
-		Description: "twofactor events, forwarded from the PostgreSQL outbox (the event log stays in PostgreSQL)",
+		Description: "twofactor events, forwarded from the PostgreSQL event log (which stays the source of truth)",
 		Subjects:    []string{cfg.allSubjects()},
 		// Limits, not interest or work-queue: consumer groups come and go, and a
 		// group restarting from an old position must find its messages.
@@ -211,7 +211,7 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg NATSConfig) (
 }
 
 // NewNATSRouter is NewRouter with the consumers reading the events from NATS
-// JetStream instead of the PostgreSQL outbox: the same handlers, middlewares
+// JetStream instead of the PostgreSQL event log: the same handlers, middlewares
 // (retry, recoverer, poison queue in PostgreSQL) and TxFromMessage
 // transactions. Run a Forwarder somewhere to fill the stream.
 //

@@ -25,7 +25,7 @@ import (
 // Two kinds:
 //
 //   - Log-ordered (partition < 0): one consumer over every subject, so messages
-//     come in the forwarder's order, which is the outbox's (transaction id,
+//     come in the forwarder's order, which is the log's (transaction id,
 //     position) order. One worker at a time owns it (a session advisory lock on
 //     a connection of its own, on which it also runs its transactions: if the
 //     lock is lost, so is the connection and with it any transaction in flight).

@@ -2,9 +2,10 @@
 // subscriber, one consumer group per consumer, with recoverer, retry and poison
 // queue middlewares. It knows no event types.
 //
-// Beyond watermill-sql's defaults: subscribers are woken by LISTEN/NOTIFY at
-// commit instead of polling (listener.go), read a batch with an index range
-// instead of a scan of the backlog (schema.go), and hand handlers the
+// Beyond watermill-sql's defaults: subscribers read the event log itself, not
+// an outbox (eventstore.LogSchema, with an index range instead of a scan of the
+// backlog), are woken by LISTEN/NOTIFY at commit instead of polling
+// (listener.go), and hand handlers the
 // transaction that acknowledges the batch, with hooks to write their effects in
 // it just before COMMIT (tx.go).
 package messaging
@@ -42,7 +43,7 @@ type Consumer struct {
 type Config struct {
 	// PollInterval is the wait after an empty poll.
 	PollInterval time.Duration
-	// BatchSize is how many outbox rows one poll reads.
+	// BatchSize is how many events one poll reads.
 	BatchSize int
 	// AckDeadline redelivers a message whose handler has not finished in time.
 	AckDeadline time.Duration
@@ -98,7 +99,7 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// NewSubscriber returns a subscriber of the event outbox for one consumer group.
+// NewSubscriber returns a subscriber of the event log for one consumer group.
 // Handlers find its transaction with TxFromMessage.
 func NewSubscriber(pool *pgxpool.Pool, cfg Config, group string, logger watermill.LoggerAdapter) (message.Subscriber, error) {
 	closing := make(chan struct{})
@@ -143,7 +144,7 @@ func newSubscriber(pool *pgxpool.Pool, cfg Config, group string, logger watermil
 	}
 	return wsql.NewSubscriber(&beginner{pool: pool}, wsql.SubscriberConfig{
 		ConsumerGroup:  group,
-		SchemaAdapter:  outboxSchema{wsql.DefaultPostgreSQLSchema{SubscribeBatchSize: cfg.BatchSize}},
+		SchemaAdapter:  eventstore.LogSchema{BatchSize: cfg.BatchSize},
 		OffsetsAdapter: wsql.DefaultPostgreSQLOffsetsAdapter{},
 		PollInterval:   poll,
 		ResendInterval: resend,
@@ -229,7 +230,7 @@ func NewRouter(pool *pgxpool.Pool, cfg Config, logger watermill.LoggerAdapter, c
 	return router, nil
 }
 
-// DecodeMessage turns an outbox message back into its stored record and event.
+// DecodeMessage turns a message of the event topic back into its stored record and event.
 func DecodeMessage(msg *message.Message) (*eventstore.Record, error) {
 	return eventstore.DecodeEnvelope(msg.Payload)
 }

@@ -236,12 +236,13 @@ func runWorker(t testing.TB, pool *pgxpool.Pool, n *notifier.Notifier, logger wa
 	}
 }
 
-// unconsumedSQL counts the outbox rows the consumer group $1 has not consumed.
-// Groups consume in (transaction id, offset) order, not in offset order: of
-// two concurrent commands, the one whose transaction began first may take the
-// larger offset, so "offset > offset_acked" can count rows long consumed.
-const unconsumedSQL = `SELECT count(*) FROM watermill_twofactor_events
-	WHERE (transaction_id, "offset") > coalesce((SELECT (last_processed_transaction_id, offset_acked)
+// unconsumedSQL counts the events the consumer group $1 has not consumed.
+// Groups consume in (transaction id, position) order, not in position order:
+// of two concurrent commands, the one whose transaction began first may take
+// the larger position, so "position > offset_acked" can count events long
+// consumed.
+const unconsumedSQL = `SELECT count(*) FROM events
+	WHERE (transaction_id, position) > coalesce((SELECT (last_processed_transaction_id, offset_acked)
 		FROM watermill_offsets_twofactor_events WHERE consumer_group = $1), ('0'::xid8, 0))`
 
 // waitIdle waits until the notifier consumed every event and no notification is open.
@@ -435,7 +436,7 @@ func (s *smsServer) code(to, kind string, n int) string {
 // for a failure message.
 func (e *env) busState() string {
 	rows, err := e.pool.Query(ctx, `SELECT consumer_group || ': acked (' || last_processed_transaction_id || ', ' || offset_acked || ')' FROM watermill_offsets_twofactor_events
-		UNION ALL SELECT 'outbox: max offset ' || coalesce(max("offset"), 0) || ', rows ' || count(*) FROM watermill_twofactor_events
+		UNION ALL SELECT 'log: max position ' || coalesce(max(position), 0) || ', events ' || count(*) FROM events
 		UNION ALL SELECT 'session ' || pid || ' ' || coalesce(state, '') || ' xact ' || coalesce((now() - xact_start)::text, '-') ||
 			' wait ' || coalesce(wait_event_type || '/' || wait_event, '-') || ': ' || left(query, 160)
 			FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()`)

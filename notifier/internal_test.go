@@ -227,3 +227,37 @@ func TestUserOfStream(t *testing.T) {
 		t.Error("another tenant's stream was accepted")
 	}
 }
+
+// Every event type outside notifyingTypes calls for no notification, whatever
+// its flags say: handleMessage skips those without decoding them, so a case
+// added to reactions for another type must add the type to notifyingTypes.
+func TestOnlyNotifyingTypesNotify(t *testing.T) {
+	n := &Notifier{}
+	for _, e := range domain.AllEvents() {
+		if notifyingTypes[e.EventType()] {
+			continue
+		}
+		for _, fill := range []bool{false, true} {
+			if fill {
+				v := reflect.ValueOf(e).Elem()
+				for i := 0; i < v.NumField(); i++ {
+					switch f := v.Field(i); f.Kind() {
+					case reflect.Bool:
+						f.SetBool(true)
+					case reflect.String:
+						f.SetString("x")
+					}
+				}
+			}
+			kinds, err := n.reactions(t.Context(), &eventstore.Record{Event: e, Type: e.EventType()})
+			if err != nil || len(kinds) != 0 {
+				t.Errorf("%s (flags set: %v) calls for %v, %v: add it to notifyingTypes", e.EventType(), fill, kinds, err)
+			}
+		}
+	}
+	for typ := range notifyingTypes {
+		if _, ok := domain.NewEvent(typ); !ok {
+			t.Errorf("notifyingTypes names %q, which is no event type", typ)
+		}
+	}
+}

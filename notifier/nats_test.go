@@ -24,7 +24,7 @@ import (
 )
 
 // natsBus runs a test's notifier worker on NATS JetStream (TWOFACTOR_BUS=nats):
-// a forwarder moves the outbox to the test's own stream, and the notifier's
+// a forwarder moves the event log to the test's own stream, and the notifier's
 // consumer group reads it there, one consumer per partition.
 type natsBus struct {
 	cfg messaging.NATSConfig
@@ -89,7 +89,7 @@ func (b *natsBus) runWorker(t testing.TB, pool *pgxpool.Pool, n *notifier.Notifi
 	}
 }
 
-// caughtUp: the forwarders forwarded the whole outbox and every partition
+// caughtUp: the forwarders forwarded the whole log and every partition
 // consumer of the notifier has nothing left to deliver or to be acknowledged.
 func (b *natsBus) caughtUp(t testing.TB, pool *pgxpool.Pool) bool {
 	t.Helper()
@@ -192,6 +192,9 @@ func TestForwarderKilledMidBurstLosesNothing(t *testing.T) {
 
 	first, second := start("first forwarder"), start("second forwarder")
 	const users = 80
+	// The burst must outlast both kills: 20 commands per writer, 15 ms apart
+	// (at 5 ms, once a command no longer wrote an outbox row, the burst was
+	// sometimes over before the second kill, and the test could not tell).
 	var burst sync.WaitGroup
 	for w := 0; w < 4; w++ {
 		burst.Go(func() {
@@ -201,7 +204,7 @@ func TestForwarderKilledMidBurstLosesNothing(t *testing.T) {
 					Method: domain.MethodEmail, Destination: user + "@example.com"}); err != nil {
 					t.Error(err)
 				}
-				time.Sleep(5 * time.Millisecond)
+				time.Sleep(15 * time.Millisecond)
 			}
 		})
 	}
@@ -209,7 +212,7 @@ func TestForwarderKilledMidBurstLosesNothing(t *testing.T) {
 	kill(first)
 	waitRecorded(30)
 	kill(second)
-	// No forwarder: the commands go on; the outbox grows.
+	// No forwarder: the commands go on; the log grows unforwarded.
 	before := recorded()
 	burst.Wait()
 	time.Sleep(300 * time.Millisecond)
@@ -239,11 +242,11 @@ func TestForwarderKilledMidBurstLosesNothing(t *testing.T) {
 			t.Errorf("ledger row %+v", r)
 		}
 	}
-	t.Logf("%d codes delivered across two killed forwarders (%d recorded when the second was killed, %d events waiting in the outbox for the third)", len(msgs), before, pending)
+	t.Logf("%d codes delivered across two killed forwarders (%d recorded when the second was killed, %d events waiting in the log for the third)", len(msgs), before, pending)
 }
 
 // NATS stops (a private server, killed) while users act: the commands keep
-// succeeding and their notifications wait in the outbox; when NATS is back
+// succeeding and their notifications wait in the log; when NATS is back
 // every message arrives once, and each user's notifications were recorded in
 // the order of that user's events.
 func TestNATSOutageDelaysButLosesNothing(t *testing.T) {
@@ -287,7 +290,7 @@ func TestNATSOutageDelaysButLosesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	if waiting < 2*users {
-		t.Fatalf("%d events wait in the outbox, want at least %d", waiting, 2*users)
+		t.Fatalf("%d events wait in the log, want at least %d", waiting, 2*users)
 	}
 	for i := 0; i < users; i++ {
 		if n := len(mailsTo(e.smtp.messages(), addr(i), "otp_code")); n != 0 {
@@ -323,7 +326,7 @@ func TestNATSOutageDelaysButLosesNothing(t *testing.T) {
 		}
 		last[user] = v
 	}
-	t.Logf("%d events waited in the outbox during the outage; %d messages in all", waiting, len(msgs))
+	t.Logf("%d events waited in the log during the outage; %d messages in all", waiting, len(msgs))
 }
 
 const (
@@ -334,7 +337,7 @@ const (
 	forwarderPartitionsEnv = "NOTIFIER_TEST_NATS_PARTITIONS"
 )
 
-// runForwarderProcess is `twofactord forwarder`: the outbox to NATS, until killed.
+// runForwarderProcess is `twofactord forwarder`: the event log to NATS, until killed.
 func runForwarderProcess() int {
 	fail := func(err error) int {
 		fmt.Fprintln(os.Stderr, "forwarder:", err)

@@ -76,6 +76,21 @@ func (k Kind) priority() int {
 	return 1
 }
 
+// notifyingTypes are the event types reactions has a case for; an event of any
+// other type calls for nothing and is not even decoded (handleMessage).
+// WARNING: a new case in reactions needs its type here
+// (TestOnlyNotifyingTypesNotify checks the others call for nothing).
+var notifyingTypes = map[string]bool{}
+
+func init() {
+	for _, e := range []domain.Event{&domain.OTPChallengeIssued{}, &domain.OTPMethodSetupStarted{}, &domain.TwoFactorEnabled{},
+		&domain.TwoFactorDisabled{}, &domain.TwoFactorReset{}, &domain.MethodSwitched{}, &domain.TOTPEnrollmentConfirmed{},
+		&domain.BackupCodesGenerated{}, &domain.BackupCodesRegenerated{}, &domain.BackupCodeConsumed{}, &domain.TwoFactorLocked{},
+		&domain.TOTPCheckFailed{}, &domain.TwoFactorRequirementChanged{}} {
+		notifyingTypes[e.EventType()] = true
+	}
+}
+
 // reactions maps an event of a user stream to the notifications it calls for.
 func (n *Notifier) reactions(ctx context.Context, rec *eventstore.Record) ([]Kind, error) {
 	switch e := rec.Event.(type) {

@@ -53,7 +53,7 @@ func freshPool(t testing.TB) *pgxpool.Pool {
 	return pool
 }
 
-// live runs the projector in a real watermill router over the outbox.
+// live runs the projector in a real watermill router over the event log.
 type live struct {
 	t         testing.TB
 	pool      *pgxpool.Pool

@@ -25,7 +25,7 @@ import (
 )
 
 // busUnderTest starts the consumers on one bus, as `twofactord worker` does:
-// on PostgreSQL a router over the outbox; on NATS a forwarder and a router
+// on PostgreSQL a router over the event log; on NATS a forwarder and a router
 // over JetStream (the ledgers Parallel, the projector log-ordered).
 type busUnderTest struct {
 	name    string
@@ -105,7 +105,7 @@ func fanoutEvents(b *testing.B) int {
 	return 20_000
 }
 
-// Fan-out throughput: a backlog of N events in the outbox (TWOFACTOR_BENCH_FANOUT_EVENTS,
+// Fan-out throughput: a backlog of N events in the log (TWOFACTOR_BENCH_FANOUT_EVENTS,
 // default 20,000) is consumed by four consumer groups, the user-status projector
 // and three ledger groups writing one row per event (as the notifier does), on
 // the PostgreSQL bus and on the NATS bus (forwarding included: the forwarder

@@ -19,7 +19,7 @@ import (
 )
 
 // natsWorker is what `twofactord worker` runs with TWOFACTOR_BUS=nats, in
-// process: a forwarder (outbox → JetStream) and a router with the user-status
+// process: a forwarder (event log → JetStream) and a router with the user-status
 // projector reading JetStream. stop is the worker going away.
 type natsWorker struct {
 	t      testing.TB

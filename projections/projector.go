@@ -124,7 +124,7 @@ func (p *Projector) Consumer() messaging.Consumer {
 	return messaging.Consumer{Name: p.group, Handle: p.Handle}
 }
 
-// Handle applies one outbox message.
+// Handle applies one event of the log (a message of the event topic).
 //
 // An event the projector can never apply (it cannot be decoded or folded, or
 // its rows cannot be stored) is isolated instead of failing the batch forever:
@@ -303,7 +303,7 @@ func (p *Projector) begin(ctx context.Context, tx pgx.Tx) error {
 	return nil
 }
 
-// decodeMessage reads what the projector needs of an outbox message: the
+// decodeMessage reads what the projector needs of an event message: the
 // envelope and the event (not the metadata, which messaging.DecodeMessage also
 // decodes; a third of the decoding time). The record is nil when the envelope
 // cannot be read (the message is then not an event, and goes to the poison

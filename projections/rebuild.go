@@ -22,8 +22,10 @@ import (
 //
 //  1. Take an advisory lock (one rebuild of a read model at a time) and create
 //     empty shadow tables: CREATE TABLE user_status_rebuild (LIKE user_status
-//     INCLUDING ALL), and so on, so the migration stays the only definition.
-//  2. Read the whole log with eventstore.ReadAll in (transaction id, position)
+//     INCLUDING ALL EXCLUDING INDEXES), and so on, so the migration stays the
+//     only definition; the live tables' indexes are built on the shadows once
+//     their rows are loaded (indexShadows).
+//  2. Read the whole log with eventstore.ReadForFold in (transaction id, position)
 //     order, in batches, folding every stream in memory with the same code as the
 //     live projector; then COPY the derived rows into the shadows. Meanwhile the
 //     live consumer group keeps applying new events to the live tables, and
@@ -44,7 +46,7 @@ import (
 
 // RebuildOptions tune a rebuild. The zero value is usable.
 type RebuildOptions struct {
-	// BatchSize is how many events one ReadAll returns (default 10,000).
+	// BatchSize is how many events one ReadForFold returns (default 10,000).
 	BatchSize int
 	// Group is the live consumer group whose offset the swap aligns
 	// (default UserStatusGroup).
@@ -283,7 +285,12 @@ func Rebuild(ctx context.Context, pool *pgxpool.Pool, store *eventstore.Store, r
 	stats.Fold = time.Since(t)
 	log.Info("rebuild: log folded", "events", r.events, "users", len(r.m.users), "seconds", stats.Fold.Seconds())
 	t = time.Now()
-	if err := r.copyAll(ctx, shadow); err != nil {
+	if err := r.copyAll(ctx, live, shadow); err != nil {
+		// explain writes stream by stream into the (empty) shadows, with the
+		// live tables' indexes and constraints, as the swap would have them.
+		if ierr := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return indexShadows(ctx, tx, live, shadow) }); ierr != nil {
+			return stats, errors.Join(err, ierr)
+		}
 		return stats, r.explain(ctx, shadow, err)
 	}
 	stats.Write = time.Since(t)
@@ -359,13 +366,13 @@ func before(a *eventstore.Record, xid uint64, pos int64) bool {
 	return a.TransactionID < xid || (a.TransactionID == xid && a.Position < pos)
 }
 
-// read folds the log after r.last until ReadAll returns nothing, or (with until)
+// read folds the log after r.last until ReadForFold returns nothing, or (with until)
 // until the event at until is folded.
 //
 // Reading is the slow part (the database sends the rows, Go decodes their JSON),
 // so batches are read several at a time: one cheap index-only query finds where
 // each batch of the committed log ends, then workers read the batches with
-// eventstore.ReadAll in parallel while the events are folded in order. The
+// eventstore.ReadForFold in parallel while the events are folded in order. The
 // boundaries stay valid while new transactions commit: those all order after
 // them (their transaction ids are above the horizon the boundaries were taken
 // under). What committed after the boundaries is then read batch by batch.
@@ -399,7 +406,7 @@ func (r *rebuilder) read(ctx context.Context, phase string, ch *changes, until *
 				if i > 0 {
 					after = bounds[i-1]
 				}
-				recs, err := r.store.ReadAll(ctx, after, r.opts.BatchSize)
+				recs, err := r.store.ReadForFold(ctx, after, r.opts.BatchSize)
 				if err != nil {
 					err = r.undecodable(ctx, after, r.opts.BatchSize, err)
 				}
@@ -470,7 +477,7 @@ func (r *rebuilder) read(ctx context.Context, phase string, ch *changes, until *
 		if r.last != nil {
 			after = r.last.Position
 		}
-		recs, err := r.store.ReadAll(ctx, after, r.opts.BatchSize)
+		recs, err := r.store.ReadForFold(ctx, after, r.opts.BatchSize)
 		if err != nil {
 			return r.undecodable(ctx, after, r.opts.BatchSize, err)
 		}
@@ -500,8 +507,10 @@ func (r *rebuilder) boundaries(ctx context.Context) ([]int64, error) {
 	return pgx.CollectRows(rows, pgx.RowTo[int64])
 }
 
-// copyAll writes the whole model into the (empty) shadow tables.
-func (r *rebuilder) copyAll(ctx context.Context, t tableSet) error {
+// copyAll writes the whole model into the (empty) shadow tables, then gives
+// them the live tables' indexes: building an index once over the loaded rows
+// costs PostgreSQL much less than maintaining it row by row during the COPY.
+func (r *rebuilder) copyAll(ctx context.Context, live, t tableSet) error {
 	conn, err := r.pool.Acquire(ctx)
 	if err != nil {
 		return err
@@ -566,6 +575,9 @@ func (r *rebuilder) copyAll(ctx context.Context, t tableSet) error {
 				return fmt.Errorf("projections: copy into %s: %w", c.table, err)
 			}
 		}
+		if err := indexShadows(ctx, tx, live, t); err != nil {
+			return err
+		}
 		for _, name := range t.all() {
 			if _, err := tx.Exec(ctx, "ANALYZE "+ident(name)); err != nil {
 				return err
@@ -581,12 +593,65 @@ func createShadows(ctx context.Context, pool *pgxpool.Pool, live, shadow tableSe
 			if _, err := tx.Exec(ctx, `DROP TABLE IF EXISTS `+ident(name)); err != nil {
 				return err
 			}
-			if _, err := tx.Exec(ctx, `CREATE TABLE `+ident(name)+` (LIKE `+ident(live.all()[i])+` INCLUDING ALL)`); err != nil {
+			// Without indexes (and so without the primary key): copyAll builds
+			// them after loading the rows (indexShadows).
+			if _, err := tx.Exec(ctx, `CREATE TABLE `+ident(name)+` (LIKE `+ident(live.all()[i])+` INCLUDING ALL EXCLUDING INDEXES)`); err != nil {
 				return fmt.Errorf("projections: create %s: %w", name, err)
 			}
 		}
 		return nil
 	})
+}
+
+// indexShadows gives each shadow table the indexes and index-backed
+// constraints (primary key, unique) of its live table, named as the swap
+// expects (renameIndexes): the shadow's name followed by what follows the live
+// table's name in the live index's.
+func indexShadows(ctx context.Context, tx pgx.Tx, live, shadow tableSet) error {
+	for i, table := range live.all() {
+		rows, err := tx.Query(ctx, `SELECT ix.relname, pg_get_indexdef(i.indexrelid), coalesce(c.conname, ''),
+				coalesce(pg_get_constraintdef(c.oid), '')
+			FROM pg_index i JOIN pg_class ix ON ix.oid = i.indexrelid
+			LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
+			WHERE i.indrelid = $1::regclass ORDER BY ix.relname`, ident(table))
+		if err != nil {
+			return err
+		}
+		type index struct{ name, def, constraint, constraintDef string }
+		indexes, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (index, error) {
+			var x index
+			return x, row.Scan(&x.name, &x.def, &x.constraint, &x.constraintDef)
+		})
+		if err != nil {
+			return err
+		}
+		target := shadow.all()[i]
+		rename := func(name string) string {
+			if rest, ok := strings.CutPrefix(name, table); ok {
+				return target + rest
+			}
+			return target + "_" + name
+		}
+		for _, x := range indexes {
+			var stmt string
+			if x.constraint != "" {
+				stmt = `ALTER TABLE ` + ident(target) + ` ADD CONSTRAINT ` + ident(rename(x.constraint)) + ` ` + x.constraintDef
+			} else {
+				// "CREATE [UNIQUE] INDEX name ON schema.table USING …": the same
+				// definition on the shadow.
+				head, _, ok1 := strings.Cut(x.def, " INDEX ")
+				_, using, ok2 := strings.Cut(x.def, " USING ")
+				if !ok1 || !ok2 {
+					return fmt.Errorf("projections: cannot read the definition of index %s: %s", x.name, x.def)
+				}
+				stmt = head + ` INDEX ` + ident(rename(x.name)) + ` ON ` + ident(target) + ` USING ` + using
+			}
+			if _, err := tx.Exec(ctx, stmt); err != nil {
+				return fmt.Errorf("projections: index %s: %w", target, err)
+			}
+		}
+	}
+	return nil
 }
 
 func dropShadows(ctx context.Context, pool *pgxpool.Pool, shadow tableSet) {
@@ -595,10 +660,10 @@ func dropShadows(ctx context.Context, pool *pgxpool.Pool, shadow tableSet) {
 	}
 }
 
-var (
-	outboxTable  = wsql.DefaultPostgreSQLSchema{}.MessagesTable(eventstore.Topic)
-	offsetsTable = wsql.DefaultPostgreSQLOffsetsAdapter{}.MessagesOffsetsTable(eventstore.Topic)
-)
+// offsetsTable holds the consumer groups' offsets on the event log: the
+// (transaction id, position) of the last event each acknowledged
+// (eventstore.LogSchema).
+var offsetsTable = wsql.DefaultPostgreSQLOffsetsAdapter{}.MessagesOffsetsTable(eventstore.Topic)
 
 func (r *rebuilder) swap(ctx context.Context, live, shadow tableSet, stats *RebuildStats) error {
 	tx, err := r.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
@@ -625,8 +690,8 @@ func (r *rebuilder) swap(ctx context.Context, live, shadow tableSet, stats *Rebu
 	if acked != 0 || ackedXID != "0" {
 		l = &eventstore.Record{}
 		var xid string
-		err := tx.QueryRow(ctx, `SELECT e.transaction_id::text, e.position, e.event_id::text FROM `+outboxTable+` o
-			JOIN events e ON e.event_id = o.uuid::uuid WHERE o.transaction_id = $1::xid8 AND o."offset" = $2`, ackedXID, acked).
+		err := tx.QueryRow(ctx, `SELECT transaction_id::text, position, event_id::text FROM events
+			WHERE transaction_id = $1::xid8 AND position = $2`, ackedXID, acked).
 			Scan(&xid, &l.Position, &l.EventID)
 		if err != nil {
 			return fmt.Errorf("projections: event acknowledged by %s: %w", group, err)
@@ -656,13 +721,8 @@ func (r *rebuilder) swap(ctx context.Context, live, shadow tableSet, stats *Rebu
 		}
 	case s != nil && (l == nil || before(l, s.TransactionID, s.Position)):
 		// The shadows are ahead: the live group continues after S.
-		var offset int64
-		if err := tx.QueryRow(ctx, `SELECT "offset" FROM `+outboxTable+` WHERE transaction_id = $1::xid8 AND uuid = $2`,
-			strconv.FormatUint(s.TransactionID, 10), s.EventID).Scan(&offset); err != nil {
-			return fmt.Errorf("projections: outbox row of event %s: %w", s.EventID, err)
-		}
 		if _, err := tx.Exec(ctx, `UPDATE `+offsetsTable+` SET offset_acked = $2, last_processed_transaction_id = $3::xid8
-			WHERE consumer_group = $1`, group, offset, strconv.FormatUint(s.TransactionID, 10)); err != nil {
+			WHERE consumer_group = $1`, group, s.Position, strconv.FormatUint(s.TransactionID, 10)); err != nil {
 			return err
 		}
 		stats.GroupOffsetMoved = true

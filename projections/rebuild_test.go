@@ -204,7 +204,7 @@ func TestMetrics(t *testing.T) {
 	}
 }
 
-// envelope is the outbox message body of a stored event.
+// envelope is the message body of a stored event on the event topic.
 func envelope(t testing.TB, r *eventstore.Record) []byte {
 	t.Helper()
 	b, err := json.Marshal(eventstore.Envelope{

@@ -20,7 +20,7 @@ import (
 // sim generates realistic histories: a random user does a random thing, the
 // domain decides exactly as it does for the commands (with the cryptographic
 // checks replaced by coin flips and the sealed values by placeholders), and the
-// events it returns are appended through the event store with their outbox rows.
+// events it returns are appended through the event store.
 type sim struct {
 	t       testing.TB
 	rng     *rand.Rand

@@ -35,7 +35,7 @@ func (c Config) natsConfig() messaging.NATSConfig {
 }
 
 // newBusRouter builds the consumers' router on the configured bus. With NATS it
-// also starts this process's forwarder (outbox → JetStream): every process that
+// also starts this process's forwarder (event log → JetStream): every process that
 // runs consumers runs one, and the forwarders' consumer group lets one forward
 // at a time while the others stand by. The forwarder and the NATS connection
 // stop when ctx ends (with the router).
@@ -84,7 +84,7 @@ func newBusRouter(ctx context.Context, cfg Config, c *consumers, pool *pgxpool.P
 	return router, nil
 }
 
-// forwarderCommand runs a forwarder alone (`twofactord forwarder`): the outbox
+// forwarderCommand runs a forwarder alone (`twofactord forwarder`): the event log
 // to NATS JetStream, nothing else. Workers run one each already; a dedicated
 // one is for deployments that want it apart (or more standbys).
 func forwarderCommand(ctx context.Context, cfg Config, args []string, log *slog.Logger) error {

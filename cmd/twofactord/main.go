@@ -33,7 +33,7 @@ const usage = `twofactord: two-factor authentication backend
 usage:
   twofactord serve [flags]                 open the database, migrate, and serve
   twofactord worker [flags]                run the projectors and the notifier without the API (scale-out)
-  twofactord forwarder [flags]             only forward the outbox to NATS JetStream (--bus nats; workers run one too)
+  twofactord forwarder [flags]             only forward the event log to NATS JetStream (--bus nats; workers run one too)
   twofactord migrate [flags]               apply the database migrations
   twofactord tenant create --name NAME     create a tenant and print its id (--json for scripts)
   twofactord keys rotate [flags]           re-wrap every user data key under the first master key

@@ -166,7 +166,7 @@ func startConsumers(ctx context.Context, cfg Config, run bool, pool *pgxpool.Poo
 	}
 	mcfg := messaging.DefaultConfig()
 	mcfg.Listener = listener
-	// On the configured bus (forwarder.go): the PostgreSQL outbox, or NATS JetStream.
+	// On the configured bus (forwarder.go): the PostgreSQL event log, or NATS JetStream.
 	router, err := newBusRouter(ctx, cfg, c, pool, mcfg, wlog, []messaging.Consumer{projector.Consumer(), n.Consumer()}, log)
 	if err != nil {
 		return nil, nil, err
