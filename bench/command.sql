@@ -8,8 +8,8 @@
 --
 -- Read the tenant stream and the user's stream (every column, as the event
 -- store does), append one event at the next version, its hash chained on the
--- previous row's, with its watermill outbox row (the ~700-byte envelope) in
--- the same transaction, and commit. The JSON literals have the sizes of real
+-- previous row's (the log is also the consumers' topic: no outbox row since
+-- migration 0013), and commit. The JSON literals have the sizes of real
 -- rows; they are written with a space after each colon and without ':' in ids
 -- and times, since pgbench reads ":name" as one of its variables.
 \set u random(1, :users)
@@ -30,8 +30,4 @@ INSERT INTO events (event_id, tenant_id, stream_id, stream_version, event_type, 
   FROM events WHERE stream_id = 'user/00000000-0000-4000-8000-00000000b0b0/c' || :client_id || '-u' || :u
   ORDER BY stream_version DESC LIMIT 1
   RETURNING position;
-INSERT INTO watermill_twofactor_events (uuid, payload, metadata, transaction_id) VALUES (gen_random_uuid()::text,
-  '{"position": 7, "event_id": "01a2087b-e2d2-76b7-9232-696e3bfd63c2", "tenant_id": "00000000-0000-4000-8000-00000000b0b0", "stream_id": "user/00000000-0000-4000-8000-00000000b0b0/c1-u17", "version": 6, "type": "TOTPVerified", "schema_version": 1, "payload": {"step": 59847956}, "metadata": {"actor": {"kind": "user", "id": "c1-u17"}, "tenant_id": "00000000-0000-4000-8000-00000000b0b0", "request_id": "01a2087b-e2ce-7dec-916e-cde58ab63efb", "correlation_id": "01a2087b-e2ce-7dec-916e-cde58ab63efb", "key_id": "pbfxsl7qvljehqnk", "occurred_at": "2026-11-23T12.57.46.449468Z"}, "recorded_at": "2026-11-23T12.57.46.450063Z"}',
-  '{"event_type": "TOTPVerified", "stream_id": "user/00000000-0000-4000-8000-00000000b0b0/c1-u17", "tenant_id": "00000000-0000-4000-8000-00000000b0b0"}',
-  pg_current_xact_id());
 COMMIT;

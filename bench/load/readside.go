@@ -34,7 +34,7 @@ type LagResult struct {
 	// Held is the share of 100 ms samples during which a transaction with a
 	// transaction id had been open for over 50 ms in another database of the
 	// same PostgreSQL server, and HeldMax the oldest one seen: watermill-sql
-	// delivers an outbox row only once its transaction is older than every
+	// delivers an event only once its transaction is older than every
 	// running one in the cluster, so such a transaction delays every event.
 	Held    float64       `json:"external_xmin_held_share"`
 	HeldMax time.Duration `json:"external_xmin_held_max_ns"`

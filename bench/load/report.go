@@ -213,7 +213,7 @@ func (r *Report) WriteText(w io.Writer) {
 		p("")
 		p("Not visible within the server's wait: %s; command errors: %s; cores: server %s, postgres %s, machine %s.",
 			FormatCounts(l.NotVisible), FormatCounts(l.Errors), cores(l.Usage.Server, l.Usage.Wall), cores(l.Usage.Postgres, l.Usage.Wall), cores(l.Usage.Machine, l.Usage.Wall))
-		p("A transaction of another database on the same PostgreSQL was open for over 50 ms in %.0f %% of the 100 ms samples (the oldest: %v); outbox rows wait for it (watermill-sql delivers a row once its transaction is older than every running one).",
+		p("A transaction of another database on the same PostgreSQL was open for over 50 ms in %.0f %% of the 100 ms samples (the oldest: %v); events wait for it (watermill-sql delivers an event once its transaction is older than every running one).",
 			100*l.Held, l.HeldMax.Round(time.Millisecond))
 	}
 	if n := r.Notifier; n != nil {

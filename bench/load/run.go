@@ -409,7 +409,7 @@ func (c *Config) ripen(ctx context.Context, pool *Pool, need float64) {
 
 // quiesce lets the background work of the previous phase finish, so that
 // one phase's backlog does not slow the next: with the server's database it
-// waits until every consumer group has acknowledged the whole outbox and no
+// waits until every consumer group has acknowledged the whole event log and no
 // notification is due (at most QuiesceLimit), then until the server has used
 // less than 10 % of a core for half a second (at most 20 s).
 func (c *Config) quiesce(ctx context.Context) {
@@ -426,7 +426,7 @@ func (c *Config) quiesce(ctx context.Context) {
 			// long transaction in any other database holds newer ones back.
 			var now [3]int64
 			err := db.QueryRow(ctx, `SELECT
-				(SELECT COALESCE(max("offset"), 0) FROM watermill_twofactor_events
+				(SELECT COALESCE(max(position), 0) FROM events
 					WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot()))
 					- (SELECT COALESCE(min(offset_acked), 0) FROM watermill_offsets_twofactor_events),
 				(SELECT COALESCE(sum(offset_acked), 0) FROM watermill_offsets_twofactor_events),
@@ -444,7 +444,7 @@ func (c *Config) quiesce(ctx context.Context) {
 			}
 			if !logged && time.Since(start) > 10*time.Second {
 				logged = true
-				c.logf("waiting for the consumers: %d outbox messages not acknowledged by every group, %d notifications due", now[0], now[2])
+				c.logf("waiting for the consumers: %d events not acknowledged by every group, %d notifications due", now[0], now[2])
 			}
 			time.Sleep(200 * time.Millisecond)
 		}
