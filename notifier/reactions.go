@@ -86,7 +86,8 @@ func init() {
 	for _, e := range []domain.Event{&domain.OTPChallengeIssued{}, &domain.OTPMethodSetupStarted{}, &domain.TwoFactorEnabled{},
 		&domain.TwoFactorDisabled{}, &domain.TwoFactorReset{}, &domain.MethodSwitched{}, &domain.TOTPEnrollmentConfirmed{},
 		&domain.BackupCodesGenerated{}, &domain.BackupCodesRegenerated{}, &domain.BackupCodeConsumed{}, &domain.TwoFactorLocked{},
-		&domain.TOTPCheckFailed{}, &domain.TwoFactorRequirementChanged{}} {
+		&domain.TOTPCheckFailed{}, &domain.TwoFactorRequirementChanged{}, &domain.SecurityKeyRegistered{},
+		&domain.SecurityKeyRemoved{}, &domain.SecurityKeyCloneSuspected{}} {
 		notifyingTypes[e.EventType()] = true
 	}
 }
