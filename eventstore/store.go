@@ -210,31 +210,34 @@ func (s *Store) ReadAll(ctx context.Context, afterPosition int64, limit int) ([]
 	if limit <= 0 {
 		return nil, errors.New("eventstore: limit must be positive")
 	}
-	var rows pgx.Rows
-	var err error
-	// ORDER BY names events.transaction_id: a bare name would sort by the select
-	// list's transaction_id::text (text order, and no index).
-	if afterPosition == 0 {
-		rows, err = s.pool.Query(ctx, `SELECT `+selectColumns+` FROM events
-			WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-			ORDER BY events.transaction_id, events.position LIMIT $1`, limit)
-	} else {
-		var exists bool
-		if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM events WHERE position = $1)`, afterPosition).Scan(&exists); err != nil {
-			return nil, err
-		}
-		if !exists {
-			return nil, fmt.Errorf("eventstore: no event at position %d", afterPosition)
-		}
-		rows, err = s.pool.Query(ctx, `SELECT `+selectColumns+` FROM events
-			WHERE (transaction_id, position) > (SELECT transaction_id, position FROM events WHERE position = $1)
-			  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-			ORDER BY events.transaction_id, events.position LIMIT $2`, afterPosition, limit)
-	}
+	rows, err := s.queryLog(ctx, selectColumns, afterPosition, limit)
 	if err != nil {
 		return nil, fmt.Errorf("eventstore: read all: %w", err)
 	}
 	return scanRecords(rows)
+}
+
+// queryLog selects columns of the log's events after the one at afterPosition
+// (0: from the start), in the topic's order. ORDER BY names the columns of
+// events: a select list may carry a computed transaction id (text, or a
+// bigint), and sorting by it would sort the whole remaining log without an index.
+func (s *Store) queryLog(ctx context.Context, columns string, afterPosition int64, limit int) (pgx.Rows, error) {
+	if afterPosition == 0 {
+		return s.pool.Query(ctx, `SELECT `+columns+` FROM events
+			WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+			ORDER BY events.transaction_id, events.position LIMIT $1`, limit)
+	}
+	var exists bool
+	if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM events WHERE position = $1)`, afterPosition).Scan(&exists); err != nil {
+		return nil, err
+	}
+	if !exists {
+		return nil, fmt.Errorf("eventstore: no event at position %d", afterPosition)
+	}
+	return s.pool.Query(ctx, `SELECT `+columns+` FROM events
+		WHERE (transaction_id, position) > (SELECT transaction_id, position FROM events WHERE position = $1)
+		  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+		ORDER BY events.transaction_id, events.position LIMIT $2`, afterPosition, limit)
 }
 
 // ReadForFold is ReadAll for a reader that folds events into state (a rebuild
@@ -250,27 +253,7 @@ func (s *Store) ReadForFold(ctx context.Context, afterPosition int64, limit int)
 	// number, not parsed from text.
 	const columns = `position, event_id::text, tenant_id, stream_id, stream_version, event_type, schema_version,
 		payload::text, recorded_at, transaction_id::text::bigint`
-	var rows pgx.Rows
-	var err error
-	// ORDER BY names the columns of events: the select list's transaction id is
-	// a computed bigint, and sorting by it would sort the whole remaining log.
-	if afterPosition == 0 {
-		rows, err = s.pool.Query(ctx, `SELECT `+columns+` FROM events
-			WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-			ORDER BY events.transaction_id, events.position LIMIT $1`, limit)
-	} else {
-		var exists bool
-		if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM events WHERE position = $1)`, afterPosition).Scan(&exists); err != nil {
-			return nil, err
-		}
-		if !exists {
-			return nil, fmt.Errorf("eventstore: no event at position %d", afterPosition)
-		}
-		rows, err = s.pool.Query(ctx, `SELECT `+columns+` FROM events
-			WHERE (transaction_id, position) > (SELECT transaction_id, position FROM events WHERE position = $1)
-			  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-			ORDER BY events.transaction_id, events.position LIMIT $2`, afterPosition, limit)
-	}
+	rows, err := s.queryLog(ctx, columns, afterPosition, limit)
 	if err != nil {
 		return nil, fmt.Errorf("eventstore: read all: %w", err)
 	}

@@ -6,17 +6,11 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
-	"io"
-	"mime"
-	"mime/multipart"
-	"mime/quotedprintable"
 	"net"
 	"net/http"
-	"net/mail"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -27,9 +21,9 @@ import (
 	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/cdproto/target"
 	"github.com/chromedp/chromedp"
-	"github.com/emersion/go-smtp"
 
 	"github.com/twofactor/twofactor/internal/testdb"
+	"github.com/twofactor/twofactor/internal/testmail"
 	"github.com/twofactor/twofactor/secrets"
 )
 
@@ -376,136 +370,28 @@ func (p *page) signOut() {
 	p.sees("Sign in")
 }
 
-// mailbox is a real SMTP server on a loopback port that keeps what it receives.
+// mailbox is the loopback SMTP server the binary under test sends to.
 type mailbox struct {
+	*testmail.Mailbox
 	addr string
-	mu   sync.Mutex
-	msgs []email
 }
 
-type email struct {
-	To      string
-	Subject string
-	Text    string
-}
-
-type mailSession struct {
-	box *mailbox
-	to  []string
-}
-
-func (b *mailbox) NewSession(*smtp.Conn) (smtp.Session, error) { return &mailSession{box: b}, nil }
-
-func (s *mailSession) Reset()                               { s.to = nil }
-func (s *mailSession) Logout() error                        { return nil }
-func (s *mailSession) Mail(string, *smtp.MailOptions) error { return nil }
-func (s *mailSession) Rcpt(to string, _ *smtp.RcptOptions) error {
-	s.to = append(s.to, to)
-	return nil
-}
-
-func (s *mailSession) Data(r io.Reader) error {
-	raw, err := io.ReadAll(r)
-	if err != nil {
-		return err
-	}
-	m, err := mail.ReadMessage(bytes.NewReader(raw))
-	if err != nil {
-		return err
-	}
-	subject, _ := new(mime.WordDecoder).DecodeHeader(m.Header.Get("Subject"))
-	text, err := plainText(m.Header.Get("Content-Type"), m.Header.Get("Content-Transfer-Encoding"), m.Body)
-	if err != nil {
-		return err
-	}
-	s.box.mu.Lock()
-	defer s.box.mu.Unlock()
-	for _, to := range s.to {
-		s.box.msgs = append(s.box.msgs, email{To: to, Subject: subject, Text: text})
-	}
-	return nil
-}
-
-func plainText(contentType, encoding string, body io.Reader) (string, error) {
-	mt, params, err := mime.ParseMediaType(contentType)
-	if err != nil {
-		return "", err
-	}
-	if strings.HasPrefix(mt, "multipart/") {
-		mr := multipart.NewReader(body, params["boundary"])
-		for {
-			p, err := mr.NextRawPart()
-			if err != nil {
-				return "", err
-			}
-			if t, err := plainText(p.Header.Get("Content-Type"), p.Header.Get("Content-Transfer-Encoding"), p); err == nil && t != "" {
-				return t, nil
-			}
-		}
-	}
-	if mt != "text/plain" {
-		return "", nil
-	}
-	if strings.EqualFold(encoding, "quoted-printable") {
-		body = quotedprintable.NewReader(body)
-	}
-	b, err := io.ReadAll(body)
-	return string(b), err
-}
+type email = testmail.Email
 
 func startMailbox(t *testing.T) *mailbox {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	box := &mailbox{addr: ln.Addr().String()}
-	srv := smtp.NewServer(box)
-	srv.Domain = "localhost"
-	srv.AllowInsecureAuth = true
-	srv.ReadTimeout, srv.WriteTimeout = 10*time.Second, 10*time.Second
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { srv.Close() })
-	return box
+	b := testmail.Start(t)
+	return &mailbox{Mailbox: b, addr: b.Addr}
 }
 
 // await waits for the n-th message (1-based) to `to` whose subject contains subject.
 func (b *mailbox) await(t *testing.T, to, subject string, n int) email {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		b.mu.Lock()
-		seen := 0
-		for _, m := range b.msgs {
-			if strings.Contains(m.Subject, subject) && m.To == to {
-				if seen++; seen == n {
-					b.mu.Unlock()
-					return m
-				}
-			}
-		}
-		b.mu.Unlock()
-		time.Sleep(50 * time.Millisecond)
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	var got []string
-	for _, m := range b.msgs {
-		got = append(got, fmt.Sprintf("%s %q", m.To, m.Subject))
-	}
-	t.Fatalf("no message %d %q to %s; received: %v", n, subject, to, got)
-	return email{}
+	return b.Await(t, to, subject, n, 20*time.Second)
 }
-
-var sixDigits = regexp.MustCompile(`(?m)(^|[^0-9])([0-9]{6})([^0-9]|$)`)
 
 func codeIn(t *testing.T, m email) string {
 	t.Helper()
-	match := sixDigits.FindStringSubmatch(m.Text)
-	if match == nil {
-		t.Fatalf("no code in %q:\n%s", m.Subject, m.Text)
-	}
-	return match[2]
+	return m.Code(t)
 }
 
 // sms waits for the n-th text message (1-based, in order of writing) of this
