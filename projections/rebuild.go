@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	wsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
@@ -56,6 +58,15 @@ type RebuildOptions struct {
 	Logger      *slog.Logger
 	// Progress, when set, is called after every batch read.
 	Progress func(RebuildProgress)
+	// GCPercent is the least GOGC (runtime/debug.SetGCPercent) while the log is
+	// folded and written (default 400; negative: left as it is). The fold
+	// allocates a record and a decoded event per event while the model it
+	// builds stays live, so at the default of 100 the collector marks that model
+	// again and again: about a fifth of the rebuild's CPU on a 2-core machine.
+	// The price is a larger heap while the rebuild runs (up to 1+GCPercent/100
+	// times the live model); a memory limit (GOMEMLIMIT) still bounds it. The
+	// setting is the process's: twofactord replay runs nothing else meanwhile.
+	GCPercent int
 }
 
 // RebuildProgress reports a rebuild under way.
@@ -263,6 +274,18 @@ func Rebuild(ctx context.Context, pool *pgxpool.Pool, store *eventstore.Store, r
 	}
 	defer lockConn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtext($1))`, lockKey) //nolint:errcheck
 
+	if opts.GCPercent == 0 {
+		opts.GCPercent = 400
+	}
+	if opts.GCPercent > 0 {
+		if was := debug.SetGCPercent(opts.GCPercent); was < 0 || was > opts.GCPercent {
+			// Off, or already higher: keep what the process chose.
+			debug.SetGCPercent(was)
+		} else {
+			defer debug.SetGCPercent(was)
+		}
+	}
+
 	live, shadow := liveTables, liveTables.shadow()
 	if err := createShadows(ctx, pool, live, shadow); err != nil {
 		return stats, err
@@ -288,6 +311,11 @@ func Rebuild(ctx context.Context, pool *pgxpool.Pool, store *eventstore.Store, r
 	if err := r.copyAll(ctx, live, shadow); err != nil {
 		// explain writes stream by stream into the (empty) shadows, with the
 		// live tables' indexes and constraints, as the swap would have them.
+		// The halves of the write commit apart (copyAll), so the shadows are
+		// made again, empty, first.
+		if ierr := createShadows(ctx, pool, live, shadow); ierr != nil {
+			return stats, errors.Join(err, ierr)
+		}
 		if ierr := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return indexShadows(ctx, tx, live, shadow) }); ierr != nil {
 			return stats, errors.Join(err, ierr)
 		}
@@ -434,10 +462,21 @@ func (r *rebuilder) read(ctx context.Context, phase string, ch *changes, until *
 			}
 		}
 	}()
+	// The initial fold writes everything at the end: what a batch changed is
+	// not needed, and one scratch set, emptied between batches, keeps its maps'
+	// room instead of growing new ones for every batch.
+	var discard *changes
+	if ch == nil {
+		discard = newChanges()
+	}
 	fold := func(recs []*eventstore.Record) (bool, error) {
 		scratch := ch
 		if ch == nil {
-			scratch = newChanges() // the initial fold writes everything at the end
+			scratch = discard
+			clear(scratch.states)
+			clear(scratch.rows)
+			clear(scratch.tenants)
+			clear(scratch.recompute)
 		}
 		for _, rec := range recs {
 			if until != nil && !before(rec, until.TransactionID, until.Position) && rec.Position != until.Position {
@@ -510,13 +549,17 @@ func (r *rebuilder) boundaries(ctx context.Context) ([]int64, error) {
 // copyAll writes the whole model into the (empty) shadow tables, then gives
 // them the live tables' indexes: building an index once over the loaded rows
 // costs PostgreSQL much less than maintaining it row by row during the COPY.
+//
+// The write is split in two halves that run at the same time, each in its own
+// transaction on its own connection: user_status_state (the largest rows, whose
+// state Go encodes as JSON while the COPY streams them) on one side, and
+// user_status, tenant_policies and tenant_coverage on the other. A COPY, an
+// index build and an ANALYZE each keep one PostgreSQL backend busy, and Go's
+// encoding another core: one after the other they left a core idle for most of
+// the write. The shadows need no single transaction: nothing reads them before
+// the swap, and a failed write is undone by the caller (createShadows).
 func (r *rebuilder) copyAll(ctx context.Context, live, t tableSet) error {
-	conn, err := r.pool.Acquire(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Release()
-	var tenants, rows, states [][]any
+	var tenants, rows [][]any
 	coverage := map[[2]string]*[3]int64{}
 	for _, te := range r.m.tenants {
 		if te.exists {
@@ -527,7 +570,11 @@ func (r *rebuilder) copyAll(ctx context.Context, live, t tableSet) error {
 			tenants = append(tenants, []any{te.tenantID, te.name, json.RawMessage(policy), te.version, te.position, te.eventAt})
 		}
 	}
+	// The users in a slice: the state COPY walks it, from another goroutine,
+	// after this loop has set every user's stored contribution.
+	users := make([]*userEntry, 0, len(r.m.users))
 	for _, u := range r.m.users {
+		users = append(users, u)
 		row := deriveRow(u, policyOf(r.m.tenants[u.tenantID]))
 		u.stored = row.contribution()
 		if row != nil {
@@ -546,45 +593,76 @@ func (r *rebuilder) copyAll(ctx context.Context, live, t tableSet) error {
 				c[2]++
 			}
 		}
-		s, err := copyState(u)
-		if err != nil {
-			return err
-		}
-		states = append(states, s)
 	}
 	var cov [][]any
 	for k, c := range coverage {
 		cov = append(cov, []any{k[0], k[1], c[0], c[1], c[2]})
 	}
-	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-		for _, c := range []struct {
-			table string
-			cols  string
-			rows  [][]any
-		}{
-			{t.tenants, "tenant_id, name, policy, version, position, updated_at", tenants},
-			{t.status, statusColumns, rows},
-			{t.state, stateColumnList, states},
-			{t.coverage, "tenant_id, status_base, users, enabled, required_not_enrolled", cov},
-		} {
-			var cols []string
-			for _, col := range strings.Split(c.cols, ",") {
-				cols = append(cols, strings.TrimSpace(col))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var once sync.Once
+	var first error
+	// load COPYs into the shadow tables of one half, indexes and analyzes them,
+	// in one transaction; a failure cancels the other half.
+	load := func(copies []shadowCopy) error {
+		err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+			for _, c := range copies {
+				var cols []string
+				for _, col := range strings.Split(c.cols, ",") {
+					cols = append(cols, strings.TrimSpace(col))
+				}
+				if _, err := tx.CopyFrom(ctx, pgx.Identifier{c.shadow}, cols, c.src); err != nil {
+					return fmt.Errorf("projections: copy into %s: %w", c.shadow, err)
+				}
 			}
-			if _, err := tx.CopyFrom(ctx, pgx.Identifier{c.table}, cols, pgx.CopyFromRows(c.rows)); err != nil {
-				return fmt.Errorf("projections: copy into %s: %w", c.table, err)
+			for _, c := range copies {
+				if err := indexShadow(ctx, tx, c.live, c.shadow); err != nil {
+					return err
+				}
+				if _, err := tx.Exec(ctx, "ANALYZE "+ident(c.shadow)); err != nil {
+					return err
+				}
 			}
+			return nil
+		})
+		if err != nil {
+			// The first failure is the cause; the other half's is then
+			// mostly the cancellation.
+			once.Do(func() { first = err })
+			cancel()
 		}
-		if err := indexShadows(ctx, tx, live, t); err != nil {
-			return err
+		return err
+	}
+	// The states are encoded as the COPY asks for them: no second copy of
+	// every state in memory, and the encoding overlaps PostgreSQL's work.
+	i := 0
+	states := pgx.CopyFromFunc(func() ([]any, error) {
+		if i == len(users) {
+			return nil, nil
 		}
-		for _, name := range t.all() {
-			if _, err := tx.Exec(ctx, "ANALYZE "+ident(name)); err != nil {
-				return err
-			}
-		}
-		return nil
+		u := users[i]
+		i++
+		return copyState(u)
 	})
+	stateDone := make(chan struct{})
+	go func() {
+		defer close(stateDone)
+		_ = load([]shadowCopy{{live.state, t.state, stateColumnList, states}})
+	}()
+	_ = load([]shadowCopy{
+		{live.tenants, t.tenants, "tenant_id, name, policy, version, position, updated_at", pgx.CopyFromRows(tenants)},
+		{live.status, t.status, statusColumns, pgx.CopyFromRows(rows)},
+		{live.coverage, t.coverage, "tenant_id, status_base, users, enabled, required_not_enrolled", pgx.CopyFromRows(cov)},
+	})
+	<-stateDone
+	return first
+}
+
+// shadowCopy is one shadow table to load: its live table (for the indexes),
+// its columns and its rows.
+type shadowCopy struct {
+	live, shadow, cols string
+	src                pgx.CopyFromSource
 }
 
 func createShadows(ctx context.Context, pool *pgxpool.Pool, live, shadow tableSet) error {
@@ -609,46 +687,53 @@ func createShadows(ctx context.Context, pool *pgxpool.Pool, live, shadow tableSe
 // table's name in the live index's.
 func indexShadows(ctx context.Context, tx pgx.Tx, live, shadow tableSet) error {
 	for i, table := range live.all() {
-		rows, err := tx.Query(ctx, `SELECT ix.relname, pg_get_indexdef(i.indexrelid), coalesce(c.conname, ''),
-				coalesce(pg_get_constraintdef(c.oid), '')
-			FROM pg_index i JOIN pg_class ix ON ix.oid = i.indexrelid
-			LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
-			WHERE i.indrelid = $1::regclass ORDER BY ix.relname`, ident(table))
-		if err != nil {
+		if err := indexShadow(ctx, tx, table, shadow.all()[i]); err != nil {
 			return err
 		}
-		type index struct{ name, def, constraint, constraintDef string }
-		indexes, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (index, error) {
-			var x index
-			return x, row.Scan(&x.name, &x.def, &x.constraint, &x.constraintDef)
-		})
-		if err != nil {
-			return err
+	}
+	return nil
+}
+
+// indexShadow gives the shadow table target the indexes of the live table.
+func indexShadow(ctx context.Context, tx pgx.Tx, table, target string) error {
+	rows, err := tx.Query(ctx, `SELECT ix.relname, pg_get_indexdef(i.indexrelid), coalesce(c.conname, ''),
+			coalesce(pg_get_constraintdef(c.oid), '')
+		FROM pg_index i JOIN pg_class ix ON ix.oid = i.indexrelid
+		LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
+		WHERE i.indrelid = $1::regclass ORDER BY ix.relname`, ident(table))
+	if err != nil {
+		return err
+	}
+	type index struct{ name, def, constraint, constraintDef string }
+	indexes, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (index, error) {
+		var x index
+		return x, row.Scan(&x.name, &x.def, &x.constraint, &x.constraintDef)
+	})
+	if err != nil {
+		return err
+	}
+	rename := func(name string) string {
+		if rest, ok := strings.CutPrefix(name, table); ok {
+			return target + rest
 		}
-		target := shadow.all()[i]
-		rename := func(name string) string {
-			if rest, ok := strings.CutPrefix(name, table); ok {
-				return target + rest
+		return target + "_" + name
+	}
+	for _, x := range indexes {
+		var stmt string
+		if x.constraint != "" {
+			stmt = `ALTER TABLE ` + ident(target) + ` ADD CONSTRAINT ` + ident(rename(x.constraint)) + ` ` + x.constraintDef
+		} else {
+			// "CREATE [UNIQUE] INDEX name ON schema.table USING …": the same
+			// definition on the shadow.
+			head, _, ok1 := strings.Cut(x.def, " INDEX ")
+			_, using, ok2 := strings.Cut(x.def, " USING ")
+			if !ok1 || !ok2 {
+				return fmt.Errorf("projections: cannot read the definition of index %s: %s", x.name, x.def)
 			}
-			return target + "_" + name
+			stmt = head + ` INDEX ` + ident(rename(x.name)) + ` ON ` + ident(target) + ` USING ` + using
 		}
-		for _, x := range indexes {
-			var stmt string
-			if x.constraint != "" {
-				stmt = `ALTER TABLE ` + ident(target) + ` ADD CONSTRAINT ` + ident(rename(x.constraint)) + ` ` + x.constraintDef
-			} else {
-				// "CREATE [UNIQUE] INDEX name ON schema.table USING …": the same
-				// definition on the shadow.
-				head, _, ok1 := strings.Cut(x.def, " INDEX ")
-				_, using, ok2 := strings.Cut(x.def, " USING ")
-				if !ok1 || !ok2 {
-					return fmt.Errorf("projections: cannot read the definition of index %s: %s", x.name, x.def)
-				}
-				stmt = head + ` INDEX ` + ident(rename(x.name)) + ` ON ` + ident(target) + ` USING ` + using
-			}
-			if _, err := tx.Exec(ctx, stmt); err != nil {
-				return fmt.Errorf("projections: index %s: %w", target, err)
-			}
+		if _, err := tx.Exec(ctx, stmt); err != nil {
+			return fmt.Errorf("projections: index %s: %w", target, err)
 		}
 	}
 	return nil
