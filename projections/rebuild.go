@@ -407,61 +407,6 @@ func before(a *eventstore.Record, xid uint64, pos int64) bool {
 func (r *rebuilder) read(ctx context.Context, phase string, ch *changes, until *eventstore.Record) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	bounds, err := r.boundaries(ctx)
-	if err != nil {
-		return err
-	}
-	type batch struct {
-		recs []*eventstore.Record
-		err  error
-	}
-	first := int64(0)
-	if r.last != nil {
-		first = r.last.Position
-	}
-	// Batch i reads after bounds[i-1] (first for i = 0) and ends at bounds[i];
-	// after the last boundary, batches follow one another until the log ends.
-	const workers = 3
-	results := make([]chan batch, len(bounds))
-	for i := range results {
-		results[i] = make(chan batch, 1)
-	}
-	next := make(chan int)
-	for w := 0; w < workers; w++ {
-		go func() {
-			for i := range next {
-				after := first
-				if i > 0 {
-					after = bounds[i-1]
-				}
-				recs, err := r.store.ReadForFold(ctx, after, r.opts.BatchSize)
-				if err != nil {
-					err = r.undecodable(ctx, after, r.opts.BatchSize, err)
-				}
-				if err == nil && (len(recs) == 0 || recs[len(recs)-1].Position != bounds[i]) {
-					err = fmt.Errorf("projections: batch after %d does not end at %d", after, bounds[i])
-				}
-				results[i] <- batch{recs, err}
-			}
-		}()
-	}
-	// At most a few batches are read ahead of the fold.
-	ahead := make(chan struct{}, workers+2)
-	go func() {
-		defer close(next)
-		for i := range bounds {
-			select {
-			case ahead <- struct{}{}:
-			case <-ctx.Done():
-				return
-			}
-			select {
-			case next <- i:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
 	// The initial fold writes everything at the end: what a batch changed is
 	// not needed, and one scratch set, emptied between batches, keeps its maps'
 	// room instead of growing new ones for every batch.
@@ -496,6 +441,120 @@ func (r *rebuilder) read(ctx context.Context, phase string, ch *changes, until *
 		}
 		return false, nil
 	}
+	// next reads the batch after r.last and folds it; end: the log has no
+	// more (or until was reached).
+	next := func() (end bool, err error) {
+		after := int64(0)
+		if r.last != nil {
+			after = r.last.Position
+		}
+		recs, err := r.store.ReadForFold(ctx, after, r.opts.BatchSize)
+		if err != nil {
+			return true, r.undecodable(ctx, after, r.opts.BatchSize, err)
+		}
+		if len(recs) == 0 {
+			return true, nil
+		}
+		return fold(recs)
+	}
+	// The boundaries take PostgreSQL a pass over the whole index (most of a
+	// second for a million events), during which Go would wait: batches are
+	// read and folded one after the other meanwhile. When the boundaries come,
+	// the parallel reads continue from the boundary the fold has reached; if
+	// it has reached none (a short batch), it goes on alone.
+	type boundsResult struct {
+		bounds []int64
+		err    error
+	}
+	boundsCh := make(chan boundsResult, 1)
+	go func(last *eventstore.Record) {
+		b, err := r.boundaries(ctx, last)
+		boundsCh <- boundsResult{b, err}
+	}(r.last)
+	first := int64(0)
+	if r.last != nil {
+		first = r.last.Position
+	}
+	var bounds []int64
+wait:
+	for {
+		select {
+		case b := <-boundsCh:
+			if b.err != nil {
+				return b.err
+			}
+			bounds = b.bounds
+			if r.last != nil && r.last.Position != first {
+				// Batches of BatchSize from first end at the boundaries,
+				// which are every BatchSize-th event from first in the same
+				// order: find the one reached.
+				reached := -1
+				for i, p := range bounds {
+					if p == r.last.Position {
+						reached = i
+						break
+					}
+				}
+				bounds = bounds[reached+1:]
+				if reached < 0 {
+					bounds = nil
+				}
+				first = r.last.Position
+			}
+			break wait
+		default:
+		}
+		if end, err := next(); end || err != nil {
+			return err
+		}
+	}
+	type batch struct {
+		recs []*eventstore.Record
+		err  error
+	}
+	// Batch i reads after bounds[i-1] (first for i = 0) and ends at bounds[i];
+	// after the last boundary, batches follow one another until the log ends.
+	const workers = 3
+	results := make([]chan batch, len(bounds))
+	for i := range results {
+		results[i] = make(chan batch, 1)
+	}
+	todo := make(chan int)
+	for w := 0; w < workers; w++ {
+		go func() {
+			for i := range todo {
+				after := first
+				if i > 0 {
+					after = bounds[i-1]
+				}
+				recs, err := r.store.ReadForFold(ctx, after, r.opts.BatchSize)
+				if err != nil {
+					err = r.undecodable(ctx, after, r.opts.BatchSize, err)
+				}
+				if err == nil && (len(recs) == 0 || recs[len(recs)-1].Position != bounds[i]) {
+					err = fmt.Errorf("projections: batch after %d does not end at %d", after, bounds[i])
+				}
+				results[i] <- batch{recs, err}
+			}
+		}()
+	}
+	// At most a few batches are read ahead of the fold.
+	ahead := make(chan struct{}, workers+2)
+	go func() {
+		defer close(todo)
+		for i := range bounds {
+			select {
+			case ahead <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			select {
+			case todo <- i:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
 	for i := range bounds {
 		var b batch
 		select {
@@ -512,29 +571,18 @@ func (r *rebuilder) read(ctx context.Context, phase string, ch *changes, until *
 		}
 	}
 	for {
-		after := int64(0)
-		if r.last != nil {
-			after = r.last.Position
-		}
-		recs, err := r.store.ReadForFold(ctx, after, r.opts.BatchSize)
-		if err != nil {
-			return r.undecodable(ctx, after, r.opts.BatchSize, err)
-		}
-		if len(recs) == 0 {
-			return nil
-		}
-		if done, err := fold(recs); done || err != nil {
+		if end, err := next(); end || err != nil {
 			return err
 		}
 	}
 }
 
 // boundaries returns the position of every BatchSize-th committed event after
-// r.last, in log order (one index-only pass over events).
-func (r *rebuilder) boundaries(ctx context.Context) ([]int64, error) {
+// last, in log order (one index-only pass over events).
+func (r *rebuilder) boundaries(ctx context.Context, last *eventstore.Record) ([]int64, error) {
 	xid, pos := "0", int64(0)
-	if r.last != nil {
-		xid, pos = strconv.FormatUint(r.last.TransactionID, 10), r.last.Position
+	if last != nil {
+		xid, pos = strconv.FormatUint(last.TransactionID, 10), last.Position
 	}
 	rows, err := r.pool.Query(ctx, `SELECT position FROM (
 			SELECT position, row_number() OVER (ORDER BY transaction_id, position) AS n FROM events
