@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	wsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
@@ -56,6 +58,15 @@ type RebuildOptions struct {
 	Logger      *slog.Logger
 	// Progress, when set, is called after every batch read.
 	Progress func(RebuildProgress)
+	// GCPercent is the least GOGC (runtime/debug.SetGCPercent) while the log is
+	// folded and written (default 400; negative: left as it is). The fold
+	// allocates a record and a decoded event per event while the model it
+	// builds stays live, so at the default of 100 the collector marks that model
+	// again and again: about a fifth of the rebuild's CPU on a 2-core machine.
+	// The price is a larger heap while the rebuild runs (up to 1+GCPercent/100
+	// times the live model); a memory limit (GOMEMLIMIT) still bounds it. The
+	// setting is the process's: twofactord replay runs nothing else meanwhile.
+	GCPercent int
 }
 
 // RebuildProgress reports a rebuild under way.
@@ -263,6 +274,18 @@ func Rebuild(ctx context.Context, pool *pgxpool.Pool, store *eventstore.Store, r
 	}
 	defer lockConn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtext($1))`, lockKey) //nolint:errcheck
 
+	if opts.GCPercent == 0 {
+		opts.GCPercent = 400
+	}
+	if opts.GCPercent > 0 {
+		if was := debug.SetGCPercent(opts.GCPercent); was < 0 || was > opts.GCPercent {
+			// Off, or already higher: keep what the process chose.
+			debug.SetGCPercent(was)
+		} else {
+			defer debug.SetGCPercent(was)
+		}
+	}
+
 	live, shadow := liveTables, liveTables.shadow()
 	if err := createShadows(ctx, pool, live, shadow); err != nil {
 		return stats, err
@@ -288,6 +311,11 @@ func Rebuild(ctx context.Context, pool *pgxpool.Pool, store *eventstore.Store, r
 	if err := r.copyAll(ctx, live, shadow); err != nil {
 		// explain writes stream by stream into the (empty) shadows, with the
 		// live tables' indexes and constraints, as the swap would have them.
+		// The halves of the write commit apart (copyAll), so the shadows are
+		// made again, empty, first.
+		if ierr := createShadows(ctx, pool, live, shadow); ierr != nil {
+			return stats, errors.Join(err, ierr)
+		}
 		if ierr := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return indexShadows(ctx, tx, live, shadow) }); ierr != nil {
 			return stats, errors.Join(err, ierr)
 		}
@@ -379,65 +407,21 @@ func before(a *eventstore.Record, xid uint64, pos int64) bool {
 func (r *rebuilder) read(ctx context.Context, phase string, ch *changes, until *eventstore.Record) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	bounds, err := r.boundaries(ctx)
-	if err != nil {
-		return err
+	// The initial fold writes everything at the end: what a batch changed is
+	// not needed, and one scratch set, emptied between batches, keeps its maps'
+	// room instead of growing new ones for every batch.
+	var discard *changes
+	if ch == nil {
+		discard = newChanges()
 	}
-	type batch struct {
-		recs []*eventstore.Record
-		err  error
-	}
-	first := int64(0)
-	if r.last != nil {
-		first = r.last.Position
-	}
-	// Batch i reads after bounds[i-1] (first for i = 0) and ends at bounds[i];
-	// after the last boundary, batches follow one another until the log ends.
-	const workers = 3
-	results := make([]chan batch, len(bounds))
-	for i := range results {
-		results[i] = make(chan batch, 1)
-	}
-	next := make(chan int)
-	for w := 0; w < workers; w++ {
-		go func() {
-			for i := range next {
-				after := first
-				if i > 0 {
-					after = bounds[i-1]
-				}
-				recs, err := r.store.ReadForFold(ctx, after, r.opts.BatchSize)
-				if err != nil {
-					err = r.undecodable(ctx, after, r.opts.BatchSize, err)
-				}
-				if err == nil && (len(recs) == 0 || recs[len(recs)-1].Position != bounds[i]) {
-					err = fmt.Errorf("projections: batch after %d does not end at %d", after, bounds[i])
-				}
-				results[i] <- batch{recs, err}
-			}
-		}()
-	}
-	// At most a few batches are read ahead of the fold.
-	ahead := make(chan struct{}, workers+2)
-	go func() {
-		defer close(next)
-		for i := range bounds {
-			select {
-			case ahead <- struct{}{}:
-			case <-ctx.Done():
-				return
-			}
-			select {
-			case next <- i:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
 	fold := func(recs []*eventstore.Record) (bool, error) {
 		scratch := ch
 		if ch == nil {
-			scratch = newChanges() // the initial fold writes everything at the end
+			scratch = discard
+			clear(scratch.states)
+			clear(scratch.rows)
+			clear(scratch.tenants)
+			clear(scratch.recompute)
 		}
 		for _, rec := range recs {
 			if until != nil && !before(rec, until.TransactionID, until.Position) && rec.Position != until.Position {
@@ -457,6 +441,120 @@ func (r *rebuilder) read(ctx context.Context, phase string, ch *changes, until *
 		}
 		return false, nil
 	}
+	// next reads the batch after r.last and folds it; end: the log has no
+	// more (or until was reached).
+	next := func() (end bool, err error) {
+		after := int64(0)
+		if r.last != nil {
+			after = r.last.Position
+		}
+		recs, err := r.store.ReadForFold(ctx, after, r.opts.BatchSize)
+		if err != nil {
+			return true, r.undecodable(ctx, after, r.opts.BatchSize, err)
+		}
+		if len(recs) == 0 {
+			return true, nil
+		}
+		return fold(recs)
+	}
+	// The boundaries take PostgreSQL a pass over the whole index (most of a
+	// second for a million events), during which Go would wait: batches are
+	// read and folded one after the other meanwhile. When the boundaries come,
+	// the parallel reads continue from the boundary the fold has reached; if
+	// it has reached none (a short batch), it goes on alone.
+	type boundsResult struct {
+		bounds []int64
+		err    error
+	}
+	boundsCh := make(chan boundsResult, 1)
+	go func(last *eventstore.Record) {
+		b, err := r.boundaries(ctx, last)
+		boundsCh <- boundsResult{b, err}
+	}(r.last)
+	first := int64(0)
+	if r.last != nil {
+		first = r.last.Position
+	}
+	var bounds []int64
+wait:
+	for {
+		select {
+		case b := <-boundsCh:
+			if b.err != nil {
+				return b.err
+			}
+			bounds = b.bounds
+			if r.last != nil && r.last.Position != first {
+				// Batches of BatchSize from first end at the boundaries,
+				// which are every BatchSize-th event from first in the same
+				// order: find the one reached.
+				reached := -1
+				for i, p := range bounds {
+					if p == r.last.Position {
+						reached = i
+						break
+					}
+				}
+				bounds = bounds[reached+1:]
+				if reached < 0 {
+					bounds = nil
+				}
+				first = r.last.Position
+			}
+			break wait
+		default:
+		}
+		if end, err := next(); end || err != nil {
+			return err
+		}
+	}
+	type batch struct {
+		recs []*eventstore.Record
+		err  error
+	}
+	// Batch i reads after bounds[i-1] (first for i = 0) and ends at bounds[i];
+	// after the last boundary, batches follow one another until the log ends.
+	const workers = 3
+	results := make([]chan batch, len(bounds))
+	for i := range results {
+		results[i] = make(chan batch, 1)
+	}
+	todo := make(chan int)
+	for w := 0; w < workers; w++ {
+		go func() {
+			for i := range todo {
+				after := first
+				if i > 0 {
+					after = bounds[i-1]
+				}
+				recs, err := r.store.ReadForFold(ctx, after, r.opts.BatchSize)
+				if err != nil {
+					err = r.undecodable(ctx, after, r.opts.BatchSize, err)
+				}
+				if err == nil && (len(recs) == 0 || recs[len(recs)-1].Position != bounds[i]) {
+					err = fmt.Errorf("projections: batch after %d does not end at %d", after, bounds[i])
+				}
+				results[i] <- batch{recs, err}
+			}
+		}()
+	}
+	// At most a few batches are read ahead of the fold.
+	ahead := make(chan struct{}, workers+2)
+	go func() {
+		defer close(todo)
+		for i := range bounds {
+			select {
+			case ahead <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			select {
+			case todo <- i:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
 	for i := range bounds {
 		var b batch
 		select {
@@ -473,29 +571,18 @@ func (r *rebuilder) read(ctx context.Context, phase string, ch *changes, until *
 		}
 	}
 	for {
-		after := int64(0)
-		if r.last != nil {
-			after = r.last.Position
-		}
-		recs, err := r.store.ReadForFold(ctx, after, r.opts.BatchSize)
-		if err != nil {
-			return r.undecodable(ctx, after, r.opts.BatchSize, err)
-		}
-		if len(recs) == 0 {
-			return nil
-		}
-		if done, err := fold(recs); done || err != nil {
+		if end, err := next(); end || err != nil {
 			return err
 		}
 	}
 }
 
 // boundaries returns the position of every BatchSize-th committed event after
-// r.last, in log order (one index-only pass over events).
-func (r *rebuilder) boundaries(ctx context.Context) ([]int64, error) {
+// last, in log order (one index-only pass over events).
+func (r *rebuilder) boundaries(ctx context.Context, last *eventstore.Record) ([]int64, error) {
 	xid, pos := "0", int64(0)
-	if r.last != nil {
-		xid, pos = strconv.FormatUint(r.last.TransactionID, 10), r.last.Position
+	if last != nil {
+		xid, pos = strconv.FormatUint(last.TransactionID, 10), last.Position
 	}
 	rows, err := r.pool.Query(ctx, `SELECT position FROM (
 			SELECT position, row_number() OVER (ORDER BY transaction_id, position) AS n FROM events
@@ -510,13 +597,17 @@ func (r *rebuilder) boundaries(ctx context.Context) ([]int64, error) {
 // copyAll writes the whole model into the (empty) shadow tables, then gives
 // them the live tables' indexes: building an index once over the loaded rows
 // costs PostgreSQL much less than maintaining it row by row during the COPY.
+//
+// The write is split in two halves that run at the same time, each in its own
+// transaction on its own connection: user_status_state (the largest rows, whose
+// state Go encodes as JSON while the COPY streams them) on one side, and
+// user_status, tenant_policies and tenant_coverage on the other. A COPY, an
+// index build and an ANALYZE each keep one PostgreSQL backend busy, and Go's
+// encoding another core: one after the other they left a core idle for most of
+// the write. The shadows need no single transaction: nothing reads them before
+// the swap, and a failed write is undone by the caller (createShadows).
 func (r *rebuilder) copyAll(ctx context.Context, live, t tableSet) error {
-	conn, err := r.pool.Acquire(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Release()
-	var tenants, rows, states [][]any
+	var tenants, rows [][]any
 	coverage := map[[2]string]*[3]int64{}
 	for _, te := range r.m.tenants {
 		if te.exists {
@@ -527,7 +618,11 @@ func (r *rebuilder) copyAll(ctx context.Context, live, t tableSet) error {
 			tenants = append(tenants, []any{te.tenantID, te.name, json.RawMessage(policy), te.version, te.position, te.eventAt})
 		}
 	}
+	// The users in a slice: the state COPY walks it, from another goroutine,
+	// after this loop has set every user's stored contribution.
+	users := make([]*userEntry, 0, len(r.m.users))
 	for _, u := range r.m.users {
+		users = append(users, u)
 		row := deriveRow(u, policyOf(r.m.tenants[u.tenantID]))
 		u.stored = row.contribution()
 		if row != nil {
@@ -546,45 +641,76 @@ func (r *rebuilder) copyAll(ctx context.Context, live, t tableSet) error {
 				c[2]++
 			}
 		}
-		s, err := copyState(u)
-		if err != nil {
-			return err
-		}
-		states = append(states, s)
 	}
 	var cov [][]any
 	for k, c := range coverage {
 		cov = append(cov, []any{k[0], k[1], c[0], c[1], c[2]})
 	}
-	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-		for _, c := range []struct {
-			table string
-			cols  string
-			rows  [][]any
-		}{
-			{t.tenants, "tenant_id, name, policy, version, position, updated_at", tenants},
-			{t.status, statusColumns, rows},
-			{t.state, stateColumnList, states},
-			{t.coverage, "tenant_id, status_base, users, enabled, required_not_enrolled", cov},
-		} {
-			var cols []string
-			for _, col := range strings.Split(c.cols, ",") {
-				cols = append(cols, strings.TrimSpace(col))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var once sync.Once
+	var first error
+	// load COPYs into the shadow tables of one half, indexes and analyzes them,
+	// in one transaction; a failure cancels the other half.
+	load := func(copies []shadowCopy) error {
+		err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+			for _, c := range copies {
+				var cols []string
+				for _, col := range strings.Split(c.cols, ",") {
+					cols = append(cols, strings.TrimSpace(col))
+				}
+				if _, err := tx.CopyFrom(ctx, pgx.Identifier{c.shadow}, cols, c.src); err != nil {
+					return fmt.Errorf("projections: copy into %s: %w", c.shadow, err)
+				}
 			}
-			if _, err := tx.CopyFrom(ctx, pgx.Identifier{c.table}, cols, pgx.CopyFromRows(c.rows)); err != nil {
-				return fmt.Errorf("projections: copy into %s: %w", c.table, err)
+			for _, c := range copies {
+				if err := indexShadow(ctx, tx, c.live, c.shadow); err != nil {
+					return err
+				}
+				if _, err := tx.Exec(ctx, "ANALYZE "+ident(c.shadow)); err != nil {
+					return err
+				}
 			}
+			return nil
+		})
+		if err != nil {
+			// The first failure is the cause; the other half's is then
+			// mostly the cancellation.
+			once.Do(func() { first = err })
+			cancel()
 		}
-		if err := indexShadows(ctx, tx, live, t); err != nil {
-			return err
+		return err
+	}
+	// The states are encoded as the COPY asks for them: no second copy of
+	// every state in memory, and the encoding overlaps PostgreSQL's work.
+	i := 0
+	states := pgx.CopyFromFunc(func() ([]any, error) {
+		if i == len(users) {
+			return nil, nil
 		}
-		for _, name := range t.all() {
-			if _, err := tx.Exec(ctx, "ANALYZE "+ident(name)); err != nil {
-				return err
-			}
-		}
-		return nil
+		u := users[i]
+		i++
+		return copyState(u)
 	})
+	stateDone := make(chan struct{})
+	go func() {
+		defer close(stateDone)
+		_ = load([]shadowCopy{{live.state, t.state, stateColumnList, states}})
+	}()
+	_ = load([]shadowCopy{
+		{live.tenants, t.tenants, "tenant_id, name, policy, version, position, updated_at", pgx.CopyFromRows(tenants)},
+		{live.status, t.status, statusColumns, pgx.CopyFromRows(rows)},
+		{live.coverage, t.coverage, "tenant_id, status_base, users, enabled, required_not_enrolled", pgx.CopyFromRows(cov)},
+	})
+	<-stateDone
+	return first
+}
+
+// shadowCopy is one shadow table to load: its live table (for the indexes),
+// its columns and its rows.
+type shadowCopy struct {
+	live, shadow, cols string
+	src                pgx.CopyFromSource
 }
 
 func createShadows(ctx context.Context, pool *pgxpool.Pool, live, shadow tableSet) error {
@@ -609,46 +735,53 @@ func createShadows(ctx context.Context, pool *pgxpool.Pool, live, shadow tableSe
 // table's name in the live index's.
 func indexShadows(ctx context.Context, tx pgx.Tx, live, shadow tableSet) error {
 	for i, table := range live.all() {
-		rows, err := tx.Query(ctx, `SELECT ix.relname, pg_get_indexdef(i.indexrelid), coalesce(c.conname, ''),
-				coalesce(pg_get_constraintdef(c.oid), '')
-			FROM pg_index i JOIN pg_class ix ON ix.oid = i.indexrelid
-			LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
-			WHERE i.indrelid = $1::regclass ORDER BY ix.relname`, ident(table))
-		if err != nil {
+		if err := indexShadow(ctx, tx, table, shadow.all()[i]); err != nil {
 			return err
 		}
-		type index struct{ name, def, constraint, constraintDef string }
-		indexes, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (index, error) {
-			var x index
-			return x, row.Scan(&x.name, &x.def, &x.constraint, &x.constraintDef)
-		})
-		if err != nil {
-			return err
+	}
+	return nil
+}
+
+// indexShadow gives the shadow table target the indexes of the live table.
+func indexShadow(ctx context.Context, tx pgx.Tx, table, target string) error {
+	rows, err := tx.Query(ctx, `SELECT ix.relname, pg_get_indexdef(i.indexrelid), coalesce(c.conname, ''),
+			coalesce(pg_get_constraintdef(c.oid), '')
+		FROM pg_index i JOIN pg_class ix ON ix.oid = i.indexrelid
+		LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
+		WHERE i.indrelid = $1::regclass ORDER BY ix.relname`, ident(table))
+	if err != nil {
+		return err
+	}
+	type index struct{ name, def, constraint, constraintDef string }
+	indexes, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (index, error) {
+		var x index
+		return x, row.Scan(&x.name, &x.def, &x.constraint, &x.constraintDef)
+	})
+	if err != nil {
+		return err
+	}
+	rename := func(name string) string {
+		if rest, ok := strings.CutPrefix(name, table); ok {
+			return target + rest
 		}
-		target := shadow.all()[i]
-		rename := func(name string) string {
-			if rest, ok := strings.CutPrefix(name, table); ok {
-				return target + rest
+		return target + "_" + name
+	}
+	for _, x := range indexes {
+		var stmt string
+		if x.constraint != "" {
+			stmt = `ALTER TABLE ` + ident(target) + ` ADD CONSTRAINT ` + ident(rename(x.constraint)) + ` ` + x.constraintDef
+		} else {
+			// "CREATE [UNIQUE] INDEX name ON schema.table USING …": the same
+			// definition on the shadow.
+			head, _, ok1 := strings.Cut(x.def, " INDEX ")
+			_, using, ok2 := strings.Cut(x.def, " USING ")
+			if !ok1 || !ok2 {
+				return fmt.Errorf("projections: cannot read the definition of index %s: %s", x.name, x.def)
 			}
-			return target + "_" + name
+			stmt = head + ` INDEX ` + ident(rename(x.name)) + ` ON ` + ident(target) + ` USING ` + using
 		}
-		for _, x := range indexes {
-			var stmt string
-			if x.constraint != "" {
-				stmt = `ALTER TABLE ` + ident(target) + ` ADD CONSTRAINT ` + ident(rename(x.constraint)) + ` ` + x.constraintDef
-			} else {
-				// "CREATE [UNIQUE] INDEX name ON schema.table USING …": the same
-				// definition on the shadow.
-				head, _, ok1 := strings.Cut(x.def, " INDEX ")
-				_, using, ok2 := strings.Cut(x.def, " USING ")
-				if !ok1 || !ok2 {
-					return fmt.Errorf("projections: cannot read the definition of index %s: %s", x.name, x.def)
-				}
-				stmt = head + ` INDEX ` + ident(rename(x.name)) + ` ON ` + ident(target) + ` USING ` + using
-			}
-			if _, err := tx.Exec(ctx, stmt); err != nil {
-				return fmt.Errorf("projections: index %s: %w", target, err)
-			}
+		if _, err := tx.Exec(ctx, stmt); err != nil {
+			return fmt.Errorf("projections: index %s: %w", target, err)
 		}
 	}
 	return nil
