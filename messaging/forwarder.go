@@ -198,7 +198,7 @@ func newForwarderSubscriber(pool *pgxpool.Pool, cfg Config, nc *nats.Conn, lead 
 	}
 	backoff := cfg.Backoff
 	if backoff == nil && cfg.Listener != nil {
-		backoff = newWakeBackoff(cfg.Listener, EventsChannel, poll, time.Second, closing)
+		backoff = newWakeBackoff(cfg.Listener, EventsChannel, poll, cfg.QuietPollInterval, time.Second, closing)
 	}
 	return wsql.NewSubscriber(&gatedBeginner{beginner: &beginner{pool: pool}, nc: nc, lead: lead, closing: closing}, wsql.SubscriberConfig{
 		ConsumerGroup:    ForwarderGroup,
@@ -316,7 +316,8 @@ func (l *leader) release() {
 // horizon back for longer than the wake-up's short chase: with the default 1 s
 // poll, one commit in ten waited a second. Only the active forwarder polls, so
 // the shorter interval costs one small query every 100 ms (BENCHMARKS.md,
-// "Scale-out").
+// "Scale-out") while events come; after QuietPollInterval without any, it polls
+// at that interval like the consumers (a commit still wakes it at once).
 func ForwarderConfig() Config {
 	c := DefaultConfig()
 	c.PollInterval = 100 * time.Millisecond

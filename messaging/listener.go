@@ -153,21 +153,41 @@ func (l *Listener) listen(ctx context.Context) error {
 // (pg_snapshot_xmin), and some other transaction (another consumer's ack, an API
 // write) may still hold the horizon back. So after a wake-up that found nothing
 // it polls again after 1, 2, 4 … 512 ms before going back to sleep.
+//
+// The fallback poll is a transaction per consumer group, the whole cost of an
+// idle consumer. So once nothing has happened for quiet (no message, no
+// notification) and the listener hears the channel, an empty poll waits quiet
+// instead of poll: every commit still wakes the subscriber at once, and only a
+// lost notification waits longer (quiet, instead of poll). Within quiet of any
+// activity, and whenever the LISTEN connection is down, poll applies as before,
+// so the catch-up of rows that a notification announced before they were
+// visible is unchanged.
 type wakeBackoff struct {
 	l         *Listener
 	channel   string
 	poll      time.Duration
+	quiet     time.Duration
 	retry     time.Duration
 	chaseFrom time.Duration
 	chaseMax  time.Duration
 	closing   <-chan struct{}
 
-	lastGen uint64
-	step    time.Duration
+	lastGen    uint64
+	step       time.Duration
+	lastActive time.Time
 }
 
-func newWakeBackoff(l *Listener, channel string, poll, retry time.Duration, closing <-chan struct{}) *wakeBackoff {
-	return &wakeBackoff{l: l, channel: channel, poll: poll, retry: retry, chaseFrom: time.Millisecond, chaseMax: 512 * time.Millisecond, closing: closing}
+func newWakeBackoff(l *Listener, channel string, poll, quiet, retry time.Duration, closing <-chan struct{}) *wakeBackoff {
+	return &wakeBackoff{l: l, channel: channel, poll: poll, quiet: max(quiet, poll), retry: retry,
+		chaseFrom: time.Millisecond, chaseMax: 512 * time.Millisecond, closing: closing, lastActive: time.Now()}
+}
+
+// idlePoll is the wait after an empty poll that no notification preceded.
+func (b *wakeBackoff) idlePoll() time.Duration {
+	if b.quiet > b.poll && time.Now().Sub(b.lastActive) >= b.quiet && b.l.Hears(b.channel) {
+		return b.quiet
+	}
+	return b.poll
 }
 
 func (b *wakeBackoff) HandleError(logger watermill.LoggerAdapter, noMsg bool, err error) time.Duration {
@@ -182,6 +202,7 @@ func (b *wakeBackoff) HandleError(logger watermill.LoggerAdapter, noMsg bool, er
 	}
 	if !noMsg {
 		b.step = 0
+		b.lastActive = time.Now()
 		b.lastGen, _ = b.l.Wait(b.channel)
 		return 0
 	}
@@ -190,9 +211,10 @@ func (b *wakeBackoff) HandleError(logger watermill.LoggerAdapter, noMsg bool, er
 		// Notified while the last query ran: it may not have seen the new rows.
 		b.lastGen = gen
 		b.step = b.chaseFrom
+		b.lastActive = time.Now()
 		return 0
 	}
-	d := b.poll
+	d := b.idlePoll()
 	if b.step > 0 && b.step <= b.chaseMax {
 		d = min(b.step, b.poll)
 		b.step *= 2
@@ -203,6 +225,7 @@ func (b *wakeBackoff) HandleError(logger watermill.LoggerAdapter, noMsg bool, er
 	select {
 	case <-ch:
 		b.step = b.chaseFrom
+		b.lastActive = time.Now()
 	case <-t.C:
 	case <-b.closing:
 	}

@@ -43,6 +43,12 @@ type Consumer struct {
 type Config struct {
 	// PollInterval is the wait after an empty poll.
 	PollInterval time.Duration
+	// QuietPollInterval replaces PollInterval once a subscriber has seen no
+	// event and no notification for that long, while the Listener hears the
+	// events channel: an idle consumer then costs one transaction per
+	// QuietPollInterval, and a lost notification is caught by the next poll.
+	// Values up to PollInterval turn it off.
+	QuietPollInterval time.Duration
 	// BatchSize is how many events one poll reads.
 	BatchSize int
 	// AckDeadline redelivers a message whose handler has not finished in time.
@@ -72,13 +78,14 @@ type Config struct {
 // fast as 500 or 1,000 (100 was 10-25 % slower) with a shorter transaction.
 func DefaultConfig() Config {
 	return Config{
-		PollInterval:   time.Second,
-		BatchSize:      250,
-		AckDeadline:    30 * time.Second,
-		MaxRetries:     5,
-		RetryInitial:   100 * time.Millisecond,
-		RetryMax:       5 * time.Second,
-		ResendInterval: 100 * time.Millisecond,
+		PollInterval:      time.Second,
+		QuietPollInterval: 5 * time.Second,
+		BatchSize:         250,
+		AckDeadline:       30 * time.Second,
+		MaxRetries:        5,
+		RetryInitial:      100 * time.Millisecond,
+		RetryMax:          5 * time.Second,
+		ResendInterval:    100 * time.Millisecond,
 	}
 }
 
@@ -140,7 +147,7 @@ func newSubscriber(pool *pgxpool.Pool, cfg Config, group string, logger watermil
 	}
 	backoff := cfg.Backoff
 	if backoff == nil && cfg.Listener != nil {
-		backoff = newWakeBackoff(cfg.Listener, EventsChannel, poll, time.Second, closing)
+		backoff = newWakeBackoff(cfg.Listener, EventsChannel, poll, cfg.QuietPollInterval, time.Second, closing)
 	}
 	return wsql.NewSubscriber(&beginner{pool: pool}, wsql.SubscriberConfig{
 		ConsumerGroup:  group,

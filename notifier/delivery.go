@@ -59,7 +59,23 @@ func (n *Notifier) nudge() {
 	}
 }
 
+// idle waits for a reason to claim again. Only one idle worker at a time polls
+// (holds n.poller and claims again after PollInterval): every poll is a
+// transaction, and Concurrency workers polling each would cost that many per
+// interval while nothing is due, without finding a due row any sooner. The
+// others wait for a nudge (a row recorded here, or a worker that found a due
+// row and so lets the next one look) or for the poller's turn to come free:
+// when the poller leaves to claim, one of them takes its place at once, so a
+// poll is never more than PollInterval away whatever the others are doing.
 func (n *Notifier) idle(ctx context.Context) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-n.wake:
+		return
+	case n.poller <- struct{}{}:
+	}
+	defer func() { <-n.poller }()
 	t := time.NewTimer(n.cfg.PollInterval)
 	defer t.Stop()
 	select {

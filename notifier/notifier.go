@@ -61,8 +61,8 @@ type Config struct {
 	// DefaultFrom is the sender address when the tenant's policy names none
 	// (TWOFACTOR_MAIL_FROM).
 	DefaultFrom string
-	// PollInterval is how long an idle worker waits before looking for due rows
-	// again; rows recorded by this process wake it at once.
+	// PollInterval is how long the idle workers wait before one of them looks
+	// for due rows again; rows recorded by this process wake one at once.
 	PollInterval time.Duration
 	// Concurrency is how many messages one process sends at the same time.
 	Concurrency int
@@ -150,6 +150,8 @@ type Notifier struct {
 	metrics *metrics
 	// wake nudges an idle delivery worker when this process recorded a row.
 	wake chan struct{}
+	// poller is held by the one idle worker that polls (see idle).
+	poller chan struct{}
 }
 
 // New wires a notifier. Deps.Pool, Store, Vault, Mail and SMS are required.
@@ -177,7 +179,7 @@ func New(d Deps, cfg Config) (*Notifier, error) {
 	return &Notifier{
 		pool: d.Pool, store: d.Store, vault: d.Vault, mail: d.Mail, sms: d.SMS,
 		log: d.Logger.With("component", "notifier"), clock: d.Clock, cfg: cfg, tmpl: tmpl, metrics: m,
-		wake: make(chan struct{}, 1),
+		wake: make(chan struct{}, 1), poller: make(chan struct{}, 1),
 	}, nil
 }
 
