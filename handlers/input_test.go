@@ -85,6 +85,14 @@ func TestUnstorableInputIsRefusedAtTheBoundary(t *testing.T) {
 		{"query name %00", call{method: "GET", path: "/v1/users?%00=1", token: adm, actor: bob}, `\x00`, "query"},
 		{"query name %FF", call{method: "GET", path: "/v1/coverage?min%FF=1", token: adm, actor: bob}, `min\xff`, "query"},
 		{"malformed query", call{method: "GET", path: "/v1/users?cursor=%zz", token: adm, actor: bob}, "query", "query"},
+		// Security keys: the name is sealed in the event, so the boundary is the only check that sees it;
+		// the browser's credential JSON is handed to the WebAuthn library only after the same walk.
+		{"security key account name \\u0000", call{method: "POST", path: userPath("alice", "/security-keys/registration"), token: app, body: `{"account_name": "alice\u0000"}`}, "account_name", "body"},
+		{"security key name \\u0000", call{method: "POST", path: userPath("alice", "/security-keys"), token: app, body: `{"name": "Blue\u0000", "credential": {"id": "x"}}`}, "name", "body"},
+		{"security key name invalid UTF-8", call{method: "POST", path: userPath("alice", "/security-keys"), token: app, body: "{\"name\": \"Bl\xffue\", \"credential\": {\"id\": \"x\"}}"}, "name", "body"},
+		{"security key credential \\u0000", call{method: "POST", path: userPath("alice", "/security-keys/verification"), token: app, body: `{"credential": {"id": "a\u0000b"}}`}, "credential.id", "body"},
+		{"security key id %00", call{method: "DELETE", path: userPath("alice", "/security-keys/%00"), token: app}, "key_id", "path"},
+		{"relying party name \\u0000", call{method: "PUT", path: "/v1/policy/webauthn", token: sa, actor: root, body: `{"rp_id": "example.com", "rp_name": "Ex\u0000", "origins": ["https://example.com"]}`}, "rp_name", "body"},
 		// Headers the service reads.
 		{"X-Actor NUL", call{method: "PUT", path: userPath("alice", "/requirement"), token: adm, actor: "admin:bob\x00", body: `{"required": true}`}, "X-Actor", "header"},
 		{"X-Actor invalid UTF-8", call{method: "PUT", path: userPath("alice", "/requirement"), token: adm, actor: "admin:b\xffb", body: `{"required": true}`}, "X-Actor", "header"},
